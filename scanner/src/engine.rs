@@ -1,0 +1,447 @@
+//! The per-thread [`Scanner`].
+
+use crate::verify::{verify, verify_anchored};
+use md5::Digest;
+use signatures::{HashTables, SignatureSet, Target};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The Aho-Corasick search runs over blocks of this many bytes (overlapping by the longest
+/// atom), so the time limit is checked between blocks.
+pub const BLOCK: usize = 1 << 20;
+/// Files smaller than this are read into a reused buffer instead of mapped.
+const SMALL_FILE: u64 = 256 << 10;
+
+/// Per-object limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Objects larger than this are `Unscanned`.
+    pub max_file_size: u64,
+    /// Scans running longer than this stop and report `Unscanned`.
+    pub max_scan_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 1 << 30,
+            max_scan_time: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Which kind of signature matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchKind {
+    /// An MD5 file hash (`.hdb`).
+    Md5,
+    /// A SHA-1 file hash (`.hsb`).
+    Sha1,
+    /// A SHA-256 file hash (`.hsb`).
+    Sha256,
+    /// A body signature (`.ndb`).
+    Body,
+    /// A YARA rule.
+    Yara,
+}
+
+/// One detection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Match {
+    /// Signature name.
+    pub name: String,
+    /// Signature kind.
+    pub kind: MatchKind,
+    /// Where the match starts, for body and YARA signatures.
+    pub offset: Option<u64>,
+}
+
+/// Why an object was not scanned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UnscannedReason {
+    /// Larger than [`Limits::max_file_size`].
+    TooLarge {
+        /// Object size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Took longer than [`Limits::max_scan_time`].
+    TimedOut {
+        /// The limit in milliseconds.
+        limit_ms: u64,
+    },
+    /// The object could not be read.
+    Io {
+        /// The OS error.
+        error: String,
+    },
+    /// Not a regular file (FIFO, socket, device).
+    NotRegularFile {
+        /// What it is.
+        file_type: String,
+    },
+    /// The YARA engine failed.
+    Engine {
+        /// Its message.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for UnscannedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnscannedReason::TooLarge { size, limit } => write!(f, "size {size} exceeds the limit of {limit} bytes"),
+            UnscannedReason::TimedOut { limit_ms } => write!(f, "scan time exceeded the limit of {limit_ms} ms"),
+            UnscannedReason::Io { error } => write!(f, "{error}"),
+            UnscannedReason::NotRegularFile { file_type } => write!(f, "not a regular file ({file_type})"),
+            UnscannedReason::Engine { error } => write!(f, "engine error: {error}"),
+        }
+    }
+}
+
+/// The outcome of one scan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum ScanResult {
+    /// Nothing matched (or an allow-list entry covers the object).
+    Clean,
+    /// At least one signature matched.
+    Infected {
+        /// Every match, hash matches first.
+        matches: Vec<Match>,
+    },
+    /// The object was not (fully) scanned; it is not known to be clean.
+    Unscanned {
+        /// Why.
+        reason: UnscannedReason,
+    },
+}
+
+/// A file scan: the result and how many bytes were scanned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileScan {
+    /// The verdict.
+    pub result: ScanResult,
+    /// Bytes scanned (0 when unscanned).
+    pub bytes: u64,
+}
+
+/// A scanner for one thread. Create one per worker; they all share the set.
+pub struct Scanner<'s> {
+    set: &'s SignatureSet,
+    yara: Option<yara_x::Scanner<'s>>,
+    limits: Limits,
+    found: Vec<u64>,
+    touched: Vec<u32>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Scanner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scanner").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+enum Stop {
+    Timeout,
+}
+
+impl<'s> Scanner<'s> {
+    /// A scanner over `set` with default limits.
+    pub fn new(set: &'s SignatureSet) -> Self {
+        let n = set.bodies().len().div_ceil(64);
+        Scanner {
+            set,
+            yara: set.yara_rules().map(yara_x::Scanner::new),
+            limits: Limits::default(),
+            found: vec![0; n],
+            touched: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Change the limits.
+    pub fn set_limits(&mut self, limits: Limits) -> &mut Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The current limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Scan bytes in memory.
+    pub fn scan_bytes(&mut self, data: &[u8]) -> ScanResult {
+        if data.len() as u64 > self.limits.max_file_size {
+            return ScanResult::Unscanned {
+                reason: UnscannedReason::TooLarge { size: data.len() as u64, limit: self.limits.max_file_size },
+            };
+        }
+        let deadline = Instant::now() + self.limits.max_scan_time;
+        let mut matches = Vec::new();
+        hash_matches(self.set, self.set.hashes(), data, &mut matches);
+        if self.body_matches(data, deadline, &mut matches).is_err() {
+            return self.timed_out();
+        }
+        if let Err(reason) = self.yara_matches(data, deadline, &mut matches) {
+            return ScanResult::Unscanned { reason };
+        }
+        if matches.is_empty() {
+            return ScanResult::Clean;
+        }
+        // The allow-list is consulted only for detections.
+        let allow = self.set.allow_list();
+        if !allow.is_empty() {
+            let mut listed = Vec::new();
+            hash_matches(self.set, allow, data, &mut listed);
+            if !listed.is_empty() {
+                return ScanResult::Clean;
+            }
+        }
+        ScanResult::Infected { matches }
+    }
+
+    fn timed_out(&self) -> ScanResult {
+        ScanResult::Unscanned {
+            reason: UnscannedReason::TimedOut { limit_ms: u64::try_from(self.limits.max_scan_time.as_millis()).unwrap_or(u64::MAX) },
+        }
+    }
+
+    /// Scan a file: small files are read, larger ones mapped (with a read fallback).
+    pub fn scan_file(&mut self, path: &Path) -> FileScan {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => return unscanned(UnscannedReason::Io { error: io_reason(&e) }),
+        };
+        self.scan_open_file(&file)
+    }
+
+    /// Scan an already open file.
+    pub fn scan_open_file(&mut self, file: &File) -> FileScan {
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return unscanned(UnscannedReason::Io { error: io_reason(&e) }),
+        };
+        if !meta.is_file() {
+            return unscanned(UnscannedReason::NotRegularFile { file_type: describe(&meta.file_type()) });
+        }
+        let size = meta.len();
+        let limit = self.limits.max_file_size;
+        if size > limit {
+            return unscanned(UnscannedReason::TooLarge { size, limit });
+        }
+        if size >= SMALL_FILE {
+            if let Some(map) = map_file(file) {
+                let result = self.scan_bytes(&map);
+                return FileScan { bytes: map.len() as u64, result };
+            }
+        }
+        // Read, with a cap one byte past the limit so a growing file is noticed.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let read = (&mut &*file).take(limit.saturating_add(1)).read_to_end(&mut buf);
+        let out = match read {
+            Err(e) => unscanned(UnscannedReason::Io { error: io_reason(&e) }),
+            Ok(_) if buf.len() as u64 > limit => unscanned(UnscannedReason::TooLarge { size: buf.len() as u64, limit }),
+            Ok(_) => FileScan { bytes: buf.len() as u64, result: self.scan_bytes(&buf) },
+        };
+        if buf.capacity() <= 4 << 20 {
+            self.buf = buf;
+        }
+        out
+    }
+
+    fn body_matches(&mut self, data: &[u8], deadline: Instant, out: &mut Vec<Match>) -> Result<(), Stop> {
+        let bodies = self.set.bodies();
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let targets = if bodies.has_typed_targets() {
+            [Target::Pe.accepts(data), Target::Elf.accepts(data), Target::MachO.accepts(data)]
+        } else {
+            [false; 3]
+        };
+        let target_ok = |t: Target| match t {
+            Target::Any => true,
+            Target::Pe => targets[0],
+            Target::Elf => targets[1],
+            Target::MachO => targets[2],
+        };
+        let sigs = bodies.sigs();
+        for &id in bodies.anchored() {
+            let Some(sig) = sigs.get(id as usize) else { continue };
+            if target_ok(sig.target) {
+                if let Some(start) = verify_anchored(sig, data) {
+                    self.record(id, sig.name.as_str(), start, out);
+                }
+            }
+        }
+        let Some(ac) = bodies.automaton() else {
+            self.reset_found();
+            return Ok(());
+        };
+        let overlap = bodies.max_atom_len().saturating_sub(1);
+        let mut block_start = 0;
+        let mut result = Ok(());
+        while block_start < data.len() {
+            let block_end = (block_start + BLOCK).min(data.len());
+            let window_end = (block_end + overlap).min(data.len());
+            let last = block_end == data.len();
+            let input = aho_corasick::Input::new(data).span(block_start..window_end);
+            for m in ac.find_overlapping_iter(input) {
+                if !last && m.start() >= block_end {
+                    continue; // the next block reports it
+                }
+                for r in bodies.refs(m.pattern().as_usize()) {
+                    if self.is_found(r.sig) {
+                        continue;
+                    }
+                    let Some(sig) = sigs.get(r.sig as usize) else { continue };
+                    if !target_ok(sig.target) {
+                        continue;
+                    }
+                    let Some(pos) = m.start().checked_sub(r.off as usize) else { continue };
+                    if let Some(start) = verify(sig, data, r.seg as usize, pos) {
+                        self.record(r.sig, sig.name.as_str(), start, out);
+                    }
+                }
+            }
+            block_start = block_end;
+            if block_start < data.len() && Instant::now() > deadline {
+                result = Err(Stop::Timeout);
+                break;
+            }
+        }
+        self.reset_found();
+        result
+    }
+
+    #[inline]
+    fn is_found(&self, sig: u32) -> bool {
+        self.found.get((sig / 64) as usize).is_some_and(|w| w >> (sig % 64) & 1 == 1)
+    }
+
+    fn record(&mut self, sig: u32, name: &str, start: usize, out: &mut Vec<Match>) {
+        if let Some(w) = self.found.get_mut((sig / 64) as usize) {
+            *w |= 1 << (sig % 64);
+            self.touched.push(sig);
+        }
+        // Expanded alternatives share a name: report each name once.
+        if !out.iter().any(|m| m.kind == MatchKind::Body && m.name == name) {
+            out.push(Match { name: name.to_owned(), kind: MatchKind::Body, offset: Some(start as u64) });
+        }
+    }
+
+    fn reset_found(&mut self) {
+        for sig in self.touched.drain(..) {
+            if let Some(w) = self.found.get_mut((sig / 64) as usize) {
+                *w = 0;
+            }
+        }
+    }
+
+    fn yara_matches(&mut self, data: &[u8], deadline: Instant, out: &mut Vec<Match>) -> Result<(), UnscannedReason> {
+        let Some(yara) = self.yara.as_mut() else { return Ok(()) };
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        yara.set_timeout(left);
+        let results = yara.scan(data).map_err(|e| match e {
+            yara_x::errors::ScanError::Timeout => UnscannedReason::TimedOut {
+                limit_ms: u64::try_from(self.limits.max_scan_time.as_millis()).unwrap_or(u64::MAX),
+            },
+            other => UnscannedReason::Engine { error: other.to_string() },
+        })?;
+        for rule in results.matching_rules() {
+            let name = rule.identifier();
+            if self.set.is_ignored(name) {
+                continue;
+            }
+            let offset = rule
+                .patterns()
+                .filter_map(|p| p.matches().map(|m| m.range().start).min())
+                .min()
+                .map(|o| o as u64);
+            out.push(Match { name: name.to_owned(), kind: MatchKind::Yara, offset });
+        }
+        Ok(())
+    }
+}
+
+/// Look `data` up in hash tables, hashing only with the algorithms that have a signature of
+/// this size.
+fn hash_matches(set: &SignatureSet, tables: &HashTables, data: &[u8], out: &mut Vec<Match>) {
+    if tables.is_empty() {
+        return;
+    }
+    let size = data.len() as u64;
+    let [md5_w, sha1_w, sha256_w] = tables.wanted(size);
+    if md5_w {
+        let d: [u8; 16] = md5::Md5::digest(data).into();
+        push_names(set, tables.md5.lookup(size, &d), MatchKind::Md5, out);
+    }
+    if sha1_w {
+        let d: [u8; 20] = sha1::Sha1::digest(data).into();
+        push_names(set, tables.sha1.lookup(size, &d), MatchKind::Sha1, out);
+    }
+    if sha256_w {
+        let d: [u8; 32] = sha2::Sha256::digest(data).into();
+        push_names(set, tables.sha256.lookup(size, &d), MatchKind::Sha256, out);
+    }
+}
+
+fn push_names(set: &SignatureSet, ids: Vec<u32>, kind: MatchKind, out: &mut Vec<Match>) {
+    for id in ids {
+        let name = set.name(id);
+        if !out.iter().any(|m| m.name == name) {
+            out.push(Match { name: name.to_owned(), kind, offset: None });
+        }
+    }
+}
+
+fn unscanned(reason: UnscannedReason) -> FileScan {
+    FileScan { result: ScanResult::Unscanned { reason }, bytes: 0 }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => "Access denied".to_owned(),
+        std::io::ErrorKind::NotFound => "No such file or directory".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+fn describe(ft: &std::fs::FileType) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+    .to_owned()
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &File) -> Option<memmap2::Mmap> {
+    // SAFETY: the map is read-only and private to this scan. Another process truncating the
+    // file while it is mapped would raise SIGBUS; that is the documented limitation of mapped
+    // scanning (ClamAV has the same), and small files are read instead.
+    let map = unsafe { memmap2::MmapOptions::new().map(file) }.ok()?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Some(map)
+}

@@ -1,0 +1,42 @@
+//! The svm matching engine.
+//!
+//! A [`Scanner`] borrows one shared [`SignatureSet`] and owns its scratch space, so each
+//! worker thread has its own. It scans byte slices or files and returns a [`ScanResult`]:
+//! `Clean`, `Infected` with every match, or `Unscanned` with the reason. A scan that did not
+//! happen is never reported clean.
+//!
+//! ```
+//! use scanner::{Scanner, ScanResult};
+//!
+//! let set = signatures::default_set().unwrap();
+//! let mut scanner = Scanner::new(&set);
+//! let eicar = [&b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$"[..], b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat();
+//! match scanner.scan_bytes(&eicar) {
+//!     ScanResult::Infected { matches } => assert_eq!(matches[0].name, "Eicar-Test-Signature"),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(scanner.scan_bytes(b"hello"), ScanResult::Clean);
+//! ```
+//!
+//! # How it is fast
+//! - Hash signatures are indexed by file size: a file is hashed only when a signature of its
+//!   size (or of any size) exists, and only with the algorithms such signatures use.
+//! - Body signatures: one Aho-Corasick automaton over the best literal atom of each signature;
+//!   each hit is verified exactly (wildcards, jumps, alternatives, offsets). Signatures pinned
+//!   to an offset are checked there directly.
+//! - YARA rules run through one shared `yara_x::Rules`, with a `yara_x::Scanner` per worker,
+//!   only when the set holds YARA rules.
+//!
+//! # Current limitations
+//! - No unpacking yet: archives and compressed files are scanned as raw bytes.
+//! - A file mapped with mmap and truncated by another process while being scanned can raise
+//!   SIGBUS; files under 256 KiB are read instead of mapped.
+
+#![deny(unsafe_code)]
+
+mod engine;
+pub mod reference;
+mod verify;
+
+pub use engine::{FileScan, Limits, Match, MatchKind, ScanResult, Scanner, UnscannedReason, BLOCK};
+pub use signatures::SignatureSet;

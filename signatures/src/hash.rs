@@ -1,0 +1,338 @@
+//! ClamAV hash signatures (`.hdb`, `.hsb`, `.fp`, `.sfp`) and their packed, size-indexed tables.
+//!
+//! Line format: `Hash:Size:Name[:MinFL[:MaxFL]]`, where `Size` may be `*` (any size).
+//! The tables are flat sorted arrays of fixed-size entries, so millions of signatures cost
+//! about 40 bytes each and a lookup is two binary searches.
+
+use crate::error::{ErrorCode, LineError};
+use crate::lines::Parsed;
+use rayon::slice::ParallelSliceMut;
+
+/// The functionality level this engine implements (ClamAV 1.4's), for `MinFL`/`MaxFL` fields.
+pub type Flevel = u32;
+/// ClamAV 1.4's functionality level.
+pub const FLEVEL: Flevel = 212;
+
+/// A file hash algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum HashKind {
+    /// MD5 (`.hdb`, `.fp`).
+    Md5,
+    /// SHA-1 (`.hsb`, `.sfp`).
+    Sha1,
+    /// SHA-256 (`.hsb`, `.sfp`).
+    Sha256,
+}
+
+impl HashKind {
+    /// Digest length in bytes.
+    pub fn len(self) -> usize {
+        match self {
+            HashKind::Md5 => 16,
+            HashKind::Sha1 => 20,
+            HashKind::Sha256 => 32,
+        }
+    }
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashKind::Md5 => "md5",
+            HashKind::Sha1 => "sha1",
+            HashKind::Sha256 => "sha256",
+        }
+    }
+}
+
+/// A parsed hash line. The name is a byte range of the line (so parsing allocates nothing).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HashLine {
+    pub(crate) kind: HashKind,
+    pub(crate) digest: [u8; 32],
+    pub(crate) size: Option<u32>,
+    pub(crate) name: (usize, usize),
+}
+
+/// Check a signature name: non-empty, printable ASCII, no `:`.
+pub(crate) fn check_name(name: &str) -> Result<(), LineError> {
+    if name.is_empty() {
+        return Err(LineError::new(0, ErrorCode::BadName, "empty signature name"));
+    }
+    if let Some(p) = name.bytes().position(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(LineError::new(p, ErrorCode::BadName, "signature names are printable ASCII without spaces"));
+    }
+    Ok(())
+}
+
+/// Parse optional `MinFL`/`MaxFL` fields starting at field index `first`.
+/// `Ok(Some(reason))` when this engine's level is outside the range (a valid line, skipped).
+pub(crate) fn parse_flevel(fields: &[(usize, &str)], first: usize, ours: Flevel) -> Result<Option<&'static str>, LineError> {
+    let mut bounds = [None, None];
+    for (k, slot) in bounds.iter_mut().enumerate() {
+        if let Some(&(col, t)) = fields.get(first + k) {
+            if t.is_empty() {
+                continue;
+            }
+            let v = t
+                .parse::<u32>()
+                .map_err(|_| LineError::new(col, ErrorCode::BadFlevel, format!("functionality level {t:?} is not a number")))?;
+            *slot = Some(v);
+        }
+    }
+    if bounds[0].is_some_and(|min| min > ours) {
+        return Ok(Some("signatures that need a newer engine (MinFL above 212)"));
+    }
+    if bounds[1].is_some_and(|max| max < ours) {
+        return Ok(Some("signatures for older engines only (MaxFL below 212)"));
+    }
+    Ok(None)
+}
+
+fn unhex(s: &[u8], out: &mut [u8]) -> Result<(), usize> {
+    for (i, o) in out.iter_mut().enumerate() {
+        let hi = s.get(2 * i).copied().and_then(hexval).ok_or(2 * i)?;
+        let lo = s.get(2 * i + 1).copied().and_then(hexval).ok_or(2 * i + 1)?;
+        *o = (hi << 4) | lo;
+    }
+    Ok(())
+}
+
+#[inline]
+fn hexval(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Parse one hash line. `md5_only` is true for `.hdb`/`.fp`.
+pub(crate) fn parse_hash_line(line: &[u8], md5_only: bool) -> Result<Parsed<HashLine>, LineError> {
+    // Fast split on ':' without allocating.
+    let mut cols = [0usize; 6];
+    let mut n = 1;
+    for (i, &b) in line.iter().enumerate() {
+        if b == b':' {
+            if n == cols.len() {
+                return Err(LineError::new(i, ErrorCode::FieldCount, "too many ':'-separated fields (expected Hash:Size:Name[:MinFL[:MaxFL]])"));
+            }
+            cols[n] = i + 1;
+            n += 1;
+        }
+    }
+    if n < 3 {
+        return Err(LineError::new(0, ErrorCode::FieldCount, format!("expected Hash:Size:Name, found {n} field(s)")));
+    }
+    let field = |k: usize| -> &[u8] {
+        let start = cols.get(k).copied().unwrap_or(line.len());
+        let end = if k + 1 < n { cols.get(k + 1).map_or(line.len(), |c| c - 1) } else { line.len() };
+        line.get(start..end).unwrap_or(&[])
+    };
+    let hash = field(0);
+    let kind = match hash.len() {
+        32 => HashKind::Md5,
+        40 if !md5_only => HashKind::Sha1,
+        64 if !md5_only => HashKind::Sha256,
+        l => {
+            let expect = if md5_only { "32 hex digits (MD5)" } else { "32, 40 or 64 hex digits (MD5, SHA-1, SHA-256)" };
+            return Err(LineError::new(0, ErrorCode::BadHash, format!("hash has {l} characters, expected {expect}")));
+        }
+    };
+    let mut digest = [0u8; 32];
+    unhex(hash, &mut digest[..kind.len()])
+        .map_err(|p| LineError::new(p, ErrorCode::BadHash, "hash is not hexadecimal"))?;
+    let size_f = field(1);
+    let size = if size_f == b"*" {
+        None
+    } else {
+        let ok = !size_f.is_empty() && size_f.len() <= 20 && size_f.iter().all(u8::is_ascii_digit);
+        let v = std::str::from_utf8(size_f).ok().filter(|_| ok).and_then(|s| s.parse::<u64>().ok());
+        match v.map(u32::try_from) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => {
+                return Err(LineError::new(cols[1], ErrorCode::BadSize, "file size is above 4 GiB, the largest file this engine hashes"));
+            }
+            None => {
+                return Err(LineError::new(cols[1], ErrorCode::BadSize, "file size is not a decimal number or '*'"));
+            }
+        }
+    };
+    let name_b = field(2);
+    let name = std::str::from_utf8(name_b)
+        .map_err(|e| LineError::new(cols[2] + e.valid_up_to(), ErrorCode::NotUtf8, "signature name is not ASCII"))?;
+    check_name(name).map_err(|e| e.shifted(cols[2]))?;
+    if n > 3 {
+        let text = std::str::from_utf8(line).map_err(|e| LineError::new(e.valid_up_to(), ErrorCode::NotUtf8, "line is not ASCII"))?;
+        let fields: Vec<(usize, &str)> = crate::body::split_fields(text);
+        if let Some(skip) = parse_flevel(&fields, 3, FLEVEL)? {
+            return Ok(Parsed::Skip(skip));
+        }
+    }
+    let name_end = cols[2] + name_b.len();
+    Ok(Parsed::Sig(HashLine {
+        kind,
+        digest,
+        size,
+        name: (cols[2], name_end),
+    }))
+}
+
+/// All signature names, stored once, NUL-separated.
+#[derive(Debug, Default, Clone)]
+pub struct NameArena {
+    bytes: String,
+}
+
+impl NameArena {
+    /// Store a name and return its handle. `None` when the arena would exceed 4 GiB.
+    pub fn push(&mut self, name: &str) -> Option<u32> {
+        let off = u32::try_from(self.bytes.len()).ok()?;
+        self.bytes.push_str(name);
+        self.bytes.push('\0');
+        Some(off)
+    }
+    /// The name behind a handle.
+    pub fn get(&self, id: u32) -> &str {
+        let tail = self.bytes.get(id as usize..).unwrap_or("");
+        tail.split('\0').next().unwrap_or("")
+    }
+    /// Bytes used.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+    }
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.bytes.reserve(n);
+    }
+    pub(crate) fn shrink(&mut self) {
+        self.bytes.shrink_to_fit();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(C)]
+struct Entry<const N: usize> {
+    size: u32,
+    hash: [u8; N],
+    name: u32,
+}
+
+/// Hash signatures of one algorithm, sorted by (size, hash) for lookup.
+#[derive(Debug, Clone, Default)]
+pub struct HashTable<const N: usize> {
+    sized: Vec<Entry<N>>,
+    any_size: Vec<Entry<N>>,
+}
+
+impl<const N: usize> HashTable<N> {
+    fn push(&mut self, digest: &[u8], size: Option<u32>, name: u32) {
+        let mut hash = [0u8; N];
+        hash.copy_from_slice(digest.get(..N).unwrap_or(&[0; N][..]));
+        match size {
+            Some(size) => self.sized.push(Entry { size, hash, name }),
+            None => self.any_size.push(Entry { size: 0, hash, name }),
+        }
+    }
+    fn finish(&mut self) {
+        self.sized.par_sort_unstable();
+        self.any_size.par_sort_unstable();
+        self.sized.shrink_to_fit();
+        self.any_size.shrink_to_fit();
+    }
+    fn reserve(&mut self, n: usize) {
+        self.sized.reserve_exact(n);
+    }
+    fn retain(&mut self, keep: impl Fn(u32) -> bool) {
+        self.sized.retain(|e| keep(e.name));
+        self.any_size.retain(|e| keep(e.name));
+    }
+    /// Number of signatures.
+    pub fn len(&self) -> usize {
+        self.sized.len() + self.any_size.len()
+    }
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether a file of `size` bytes could match: only then is it worth hashing.
+    #[inline]
+    pub fn wants_size(&self, size: u64) -> bool {
+        if !self.any_size.is_empty() {
+            return true;
+        }
+        let Ok(size) = u32::try_from(size) else {
+            return false;
+        };
+        let i = self.sized.partition_point(|e| e.size < size);
+        self.sized.get(i).is_some_and(|e| e.size == size)
+    }
+    /// Names (handles) of the signatures matching a file of `size` bytes with `digest`.
+    pub fn lookup(&self, size: u64, digest: &[u8; N]) -> Vec<u32> {
+        let mut out = Vec::new();
+        if let Ok(size) = u32::try_from(size) {
+            let key = (size, digest);
+            let i = self.sized.partition_point(|e| (e.size, &e.hash) < key);
+            out.extend(self.sized[i..].iter().take_while(|e| e.size == size && &e.hash == digest).map(|e| e.name));
+        }
+        let i = self.any_size.partition_point(|e| &e.hash < digest);
+        out.extend(self.any_size[i..].iter().take_while(|e| &e.hash == digest).map(|e| e.name));
+        out
+    }
+    /// Heap bytes used.
+    pub fn heap_bytes(&self) -> usize {
+        (self.sized.capacity() + self.any_size.capacity()) * std::mem::size_of::<Entry<N>>()
+    }
+}
+
+/// One table per algorithm.
+#[derive(Debug, Clone, Default)]
+pub struct HashTables {
+    /// MD5 signatures.
+    pub md5: HashTable<16>,
+    /// SHA-1 signatures.
+    pub sha1: HashTable<20>,
+    /// SHA-256 signatures.
+    pub sha256: HashTable<32>,
+}
+
+impl HashTables {
+    pub(crate) fn push(&mut self, kind: HashKind, digest: &[u8; 32], size: Option<u32>, name: u32) {
+        match kind {
+            HashKind::Md5 => self.md5.push(digest, size, name),
+            HashKind::Sha1 => self.sha1.push(digest, size, name),
+            HashKind::Sha256 => self.sha256.push(digest, size, name),
+        }
+    }
+    pub(crate) fn reserve(&mut self, kind: HashKind, n: usize) {
+        match kind {
+            HashKind::Md5 => self.md5.reserve(n),
+            HashKind::Sha1 => self.sha1.reserve(n),
+            HashKind::Sha256 => self.sha256.reserve(n),
+        }
+    }
+    pub(crate) fn finish(&mut self) {
+        self.md5.finish();
+        self.sha1.finish();
+        self.sha256.finish();
+    }
+    pub(crate) fn retain(&mut self, keep: impl Fn(u32) -> bool + Copy) {
+        self.md5.retain(keep);
+        self.sha1.retain(keep);
+        self.sha256.retain(keep);
+    }
+    /// Total signatures.
+    pub fn len(&self) -> usize {
+        self.md5.len() + self.sha1.len() + self.sha256.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Which algorithms a file of `size` bytes must be hashed with.
+    pub fn wanted(&self, size: u64) -> [bool; 3] {
+        [self.md5.wants_size(size), self.sha1.wants_size(size), self.sha256.wants_size(size)]
+    }
+    /// Heap bytes used.
+    pub fn heap_bytes(&self) -> usize {
+        self.md5.heap_bytes() + self.sha1.heap_bytes() + self.sha256.heap_bytes()
+    }
+}

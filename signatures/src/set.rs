@@ -1,0 +1,238 @@
+//! The immutable, compiled [`SignatureSet`].
+
+use crate::body::{BodySig, Target};
+use crate::hash::{HashTables, NameArena};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Where an Aho-Corasick atom sits in a body signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtomRef {
+    /// Index into [`BodyDb::sigs`].
+    pub sig: u32,
+    /// Which segment of the pattern holds the atom.
+    pub seg: u32,
+    /// The atom's offset inside that segment.
+    pub off: u32,
+}
+
+/// Above this many distinct atoms the automaton is an NFA (a DFA would be too large).
+const DFA_MAX_ATOMS: usize = 20_000;
+
+/// Compiled body signatures: the patterns, and one Aho-Corasick automaton over their atoms.
+#[derive(Debug, Default)]
+pub struct BodyDb {
+    sigs: Vec<BodySig>,
+    ac: Option<AhoCorasick>,
+    refs_start: Vec<u32>,
+    refs: Vec<AtomRef>,
+    anchored: Vec<u32>,
+    max_atom: usize,
+    has_typed: bool,
+}
+
+impl BodyDb {
+    pub(crate) fn build(sigs: Vec<BodySig>) -> Result<Self, aho_corasick::BuildError> {
+        let mut atom_ids: HashMap<&[u8], u32> = HashMap::new();
+        let mut atoms: Vec<&[u8]> = Vec::new();
+        let mut per_atom: Vec<Vec<AtomRef>> = Vec::new();
+        let mut anchored = Vec::new();
+        let mut max_atom = 0;
+        for (i, s) in sigs.iter().enumerate() {
+            let sig = u32::try_from(i).unwrap_or(u32::MAX);
+            if s.offset.is_anchored() {
+                anchored.push(sig);
+                continue;
+            }
+            // Parsing guarantees an atom for every floating signature.
+            let Some((seg, off, atom)) = s.pattern.best_atom() else {
+                anchored.push(sig);
+                continue;
+            };
+            max_atom = max_atom.max(atom.len());
+            let id = *atom_ids.entry(atom).or_insert_with(|| {
+                atoms.push(atom);
+                per_atom.push(Vec::new());
+                u32::try_from(atoms.len() - 1).unwrap_or(u32::MAX)
+            });
+            if let Some(v) = per_atom.get_mut(id as usize) {
+                v.push(AtomRef {
+                    sig,
+                    seg: u32::try_from(seg).unwrap_or(u32::MAX),
+                    off: u32::try_from(off).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        let ac = if atoms.is_empty() {
+            None
+        } else {
+            let kind = if atoms.len() <= DFA_MAX_ATOMS {
+                AhoCorasickKind::DFA
+            } else {
+                AhoCorasickKind::ContiguousNFA
+            };
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    .kind(Some(kind))
+                    .build(&atoms)?,
+            )
+        };
+        let mut refs_start = Vec::with_capacity(per_atom.len() + 1);
+        let mut refs = Vec::new();
+        for v in per_atom {
+            refs_start.push(u32::try_from(refs.len()).unwrap_or(u32::MAX));
+            refs.extend(v);
+        }
+        refs_start.push(u32::try_from(refs.len()).unwrap_or(u32::MAX));
+        let has_typed = sigs.iter().any(|s| s.target != Target::Any);
+        Ok(BodyDb {
+            sigs,
+            ac,
+            refs_start,
+            refs,
+            anchored,
+            max_atom,
+            has_typed,
+        })
+    }
+
+    /// All body signatures.
+    pub fn sigs(&self) -> &[BodySig] {
+        &self.sigs
+    }
+    /// The automaton over atoms, if any signature floats.
+    pub fn automaton(&self) -> Option<&AhoCorasick> {
+        self.ac.as_ref()
+    }
+    /// The signatures using atom `pattern` (an Aho-Corasick pattern id).
+    #[inline]
+    pub fn refs(&self, pattern: usize) -> &[AtomRef] {
+        let s = self.refs_start.get(pattern).copied().unwrap_or(0) as usize;
+        let e = self.refs_start.get(pattern + 1).copied().unwrap_or(0) as usize;
+        self.refs.get(s..e).unwrap_or(&[])
+    }
+    /// Signatures checked directly at their fixed offsets.
+    pub fn anchored(&self) -> &[u32] {
+        &self.anchored
+    }
+    /// Longest atom (so chunked searches know how much to overlap).
+    pub fn max_atom_len(&self) -> usize {
+        self.max_atom
+    }
+    /// Whether any signature is restricted to PE, ELF or Mach-O.
+    pub fn has_typed_targets(&self) -> bool {
+        self.has_typed
+    }
+    /// Number of body signatures.
+    pub fn len(&self) -> usize {
+        self.sigs.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sigs.is_empty()
+    }
+    /// Heap bytes of the automaton.
+    pub fn automaton_bytes(&self) -> usize {
+        self.ac.as_ref().map_or(0, AhoCorasick::memory_usage)
+    }
+}
+
+/// Signatures per kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// MD5 hash signatures.
+    pub md5: u64,
+    /// SHA-1 hash signatures.
+    pub sha1: u64,
+    /// SHA-256 hash signatures.
+    pub sha256: u64,
+    /// Body (`.ndb`) signatures, after expansion of alternatives.
+    pub body: u64,
+    /// YARA rules.
+    pub yara: u64,
+    /// Allow-list hashes (`.fp`, `.sfp`).
+    pub allow: u64,
+    /// Names on the ignore list (`.ign2`).
+    pub ignored_names: u64,
+    /// Signatures removed because their name is ignored.
+    pub ignored_sigs: u64,
+}
+
+impl Counts {
+    /// Detection signatures (hash, body and YARA).
+    pub fn detection_total(&self) -> u64 {
+        self.md5 + self.sha1 + self.sha256 + self.body + self.yara
+    }
+}
+
+/// An immutable, compiled signature set. `Send + Sync`: share it with `Arc` across workers.
+#[derive(Debug)]
+pub struct SignatureSet {
+    pub(crate) names: NameArena,
+    pub(crate) hashes: HashTables,
+    pub(crate) allow: HashTables,
+    pub(crate) bodies: BodyDb,
+    pub(crate) yara: Option<yara_x::Rules>,
+    pub(crate) ignored: HashSet<String>,
+    pub(crate) counts: Counts,
+    pub(crate) skipped: BTreeMap<&'static str, u64>,
+    pub(crate) invalid_skipped: u64,
+    pub(crate) digest: [u8; 32],
+    pub(crate) sources: Vec<String>,
+}
+
+impl SignatureSet {
+    /// The hash signatures.
+    pub fn hashes(&self) -> &HashTables {
+        &self.hashes
+    }
+    /// The allow-list (`.fp`/`.sfp`): a listed file is clean whatever else matches.
+    pub fn allow_list(&self) -> &HashTables {
+        &self.allow
+    }
+    /// The body signatures.
+    pub fn bodies(&self) -> &BodyDb {
+        &self.bodies
+    }
+    /// The compiled YARA rules, if any were loaded.
+    pub fn yara_rules(&self) -> Option<&yara_x::Rules> {
+        self.yara.as_ref()
+    }
+    /// The name behind a hash-signature handle.
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id)
+    }
+    /// Whether `.ign2` ignores this name (used for YARA rule names).
+    pub fn is_ignored(&self, name: &str) -> bool {
+        !self.ignored.is_empty() && self.ignored.contains(name)
+    }
+    /// Signatures per kind.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+    /// Valid lines of kinds not supported yet, per kind, and how many there were.
+    pub fn skipped(&self) -> &BTreeMap<&'static str, u64> {
+        &self.skipped
+    }
+    /// Malformed lines left out under `skip_invalid`.
+    pub fn invalid_skipped(&self) -> u64 {
+        self.invalid_skipped
+    }
+    /// BLAKE3 digest over every source's name and bytes, in load order.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+    /// The digest as hex.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+    /// The sources loaded, in order.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+    /// Approximate heap bytes held by the set (tables, names, automaton; not YARA).
+    pub fn heap_bytes(&self) -> usize {
+        self.names.heap_bytes() + self.hashes.heap_bytes() + self.allow.heap_bytes() + self.bodies.automaton_bytes()
+    }
+}

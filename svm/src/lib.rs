@@ -1,0 +1,31 @@
+//! The svm binary's library: command implementations behind a thin `main`.
+//!
+//! `svm scan` is the offline, parallel corpus scan; `svm sigs info` loads a signature set and
+//! describes it. The daemon (`svm serve`) comes later.
+//!
+//! ```no_run
+//! use svm::scan::{run, ScanOptions};
+//! let opts = ScanOptions {
+//!     databases: vec![],            // the embedded default set
+//!     paths: vec!["/srv/share".into()],
+//!     json: false,
+//!     threads: 2,
+//!     limits: scanner::Limits::default(),
+//!     exclude: vec![],
+//!     skip_invalid: false,
+//!     follow_symlinks: false,
+//!     infected_only: true,
+//!     no_summary: false,
+//!     all_match: false,
+//! };
+//! let code = run(&opts).unwrap();
+//! ```
+//!
+//! # Current limitations
+//! - No daemon, no archives, no signature bundles yet.
+
+#![forbid(unsafe_code)]
+
+pub mod report;
+pub mod scan;
+pub mod size;

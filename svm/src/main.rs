@@ -1,0 +1,130 @@
+//! `svm`: the security VM's command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use svm::scan::{load_set, ScanOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "svm", version, about = "Agentless antivirus for virtualized fleets")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Scan files and directories (offline / on-demand), like clamscan.
+    Scan(ScanArgs),
+    /// Signature tools.
+    Sigs {
+        #[command(subcommand)]
+        cmd: SigsCmd,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ScanArgs {
+    /// Signature file or directory (repeatable). Default: the embedded default set.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    databases: Vec<PathBuf>,
+    /// One JSON object per file, then a summary object.
+    #[arg(long)]
+    json: bool,
+    /// Scanner threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Files larger than this are reported unscanned (an error), never clean.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = svm::size::parse_size)]
+    max_filesize: u64,
+    /// Longest time one file may take, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 120_000)]
+    max_scantime: u64,
+    /// Leave out paths matching this glob (matched on the whole path and on the file name).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Load the valid signature lines and skip malformed ones (they are counted).
+    #[arg(long)]
+    skip_invalid: bool,
+    /// Follow symbolic links found while walking directories.
+    #[arg(long)]
+    follow_symlinks: bool,
+    /// Print only infected files and problems.
+    #[arg(short = 'i', long)]
+    infected: bool,
+    /// Print every matching signature of a file, not only the first.
+    #[arg(long)]
+    allmatch: bool,
+    /// Do not print the summary.
+    #[arg(long)]
+    no_summary: bool,
+    /// Files and directories to scan.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SigsCmd {
+    /// Load a signature set and describe it (counts, skipped kinds, digest, load time).
+    Info {
+        /// Signature file or directory (repeatable). Default: the embedded default set.
+        #[arg(short = 'd', long = "database", value_name = "DB")]
+        databases: Vec<PathBuf>,
+        /// Skip malformed lines instead of refusing the set.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SVM_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("svm: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Scan(a) => {
+            let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let opts = ScanOptions {
+                databases: a.databases,
+                paths: a.paths,
+                json: a.json,
+                threads,
+                limits: scanner::Limits { max_file_size: a.max_filesize, max_scan_time: Duration::from_millis(a.max_scantime) },
+                exclude: a.exclude,
+                skip_invalid: a.skip_invalid,
+                follow_symlinks: a.follow_symlinks,
+                infected_only: a.infected,
+                no_summary: a.no_summary,
+                all_match: a.allmatch,
+            };
+            svm::scan::run(&opts)
+        }
+        Cmd::Sigs { cmd: SigsCmd::Info { databases, skip_invalid } } => {
+            let (set, load) = load_set(&databases, skip_invalid)?;
+            let info = serde_json::json!({
+                "sources": set.sources(),
+                "counts": set.counts(),
+                "skipped": set.skipped(),
+                "invalid_skipped": set.invalid_skipped(),
+                "digest": set.digest_hex(),
+                "load_seconds": load.as_secs_f64(),
+                "heap_bytes": set.heap_bytes(),
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
