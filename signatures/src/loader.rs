@@ -178,7 +178,7 @@ impl Loader {
     }
 
     fn add_reader(&mut self, name: &str, reader: &mut dyn Read, size_hint: u64) -> io::Result<()> {
-        let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+        let base = name.rsplit(['/', '\\', ':']).next().unwrap_or(name);
         let Some(kind) = kind_of(base) else {
             self.errors.push(LineError::new(0, ErrorCode::BadContainer, "not a supported signature file type").at(name, 0));
             return Ok(());
