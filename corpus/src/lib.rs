@@ -21,6 +21,8 @@
 //! - Content is synthetic; real-world benign data comes from `../shared/bench/make_corpus.py`.
 
 #![forbid(unsafe_code)]
+// A generator of our own test data, never of hostile input.
+#![allow(clippy::indexing_slicing)]
 
 use anyhow::{Context, Result};
 use md5::Digest;
@@ -52,7 +54,11 @@ pub struct GroundTruth {
 
 /// The EICAR test string, assembled from two halves.
 pub fn eicar() -> Vec<u8> {
-    [&b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$"[..], b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat()
+    [
+        &b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$"[..],
+        b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*",
+    ]
+    .concat()
 }
 
 struct Gen {
@@ -148,14 +154,32 @@ pub fn generate(out: &Path, seed: u64, benign_files: usize) -> Result<GroundTrut
 
     // ------------------------------------------------------------ hash signatures
     let mut hash_sizes = Vec::new();
-    for (form, star) in [("md5", false), ("md5-anysize", true), ("sha1", false), ("sha256", false), ("sha256-anysize", true)] {
+    for (form, star) in [
+        ("md5", false),
+        ("md5-anysize", true),
+        ("sha1", false),
+        ("sha256", false),
+        ("sha256-anysize", true),
+    ] {
         let data = g.filler();
         let name = format!("Corpus.Hash.{form}");
-        let size = if star { "*".to_owned() } else { data.len().to_string() };
+        let size = if star {
+            "*".to_owned()
+        } else {
+            data.len().to_string()
+        };
         match form {
-            "md5" | "md5-anysize" => g.hdb.push_str(&format!("{}:{size}:{name}\n", h(&md5::Md5::digest(&data)))),
-            "sha1" => g.hsb.push_str(&format!("{}:{size}:{name}\n", h(&sha1::Sha1::digest(&data)))),
-            _ => g.hsb.push_str(&format!("{}:{size}:{name}:73\n", h(&sha2::Sha256::digest(&data)))),
+            "md5" | "md5-anysize" => g
+                .hdb
+                .push_str(&format!("{}:{size}:{name}\n", h(&md5::Md5::digest(&data)))),
+            "sha1" => g.hsb.push_str(&format!(
+                "{}:{size}:{name}\n",
+                h(&sha1::Sha1::digest(&data))
+            )),
+            _ => g.hsb.push_str(&format!(
+                "{}:{size}:{name}:73\n",
+                h(&sha2::Sha256::digest(&data))
+            )),
         }
         hash_sizes.push(data.len());
         g.write(&format!("planted/{form}.bin"), &data, &[&name], form)?;
@@ -167,31 +191,83 @@ pub fn generate(out: &Path, seed: u64, benign_files: usize) -> Result<GroundTrut
     let a = g.lit(10);
     forms.push(("body-literal".into(), h(&a), a.clone()));
     let (a, b) = (g.lit(6), g.lit(6));
-    forms.push(("body-anybyte".into(), format!("{}??{}", h(&a), h(&b)), [&a[..], &[0x5a], &b[..]].concat()));
+    forms.push((
+        "body-anybyte".into(),
+        format!("{}??{}", h(&a), h(&b)),
+        [&a[..], &[0x5a], &b[..]].concat(),
+    ));
     let (a, b) = (g.lit(6), g.lit(6));
-    forms.push(("body-high-nibble".into(), format!("{}c?{}", h(&a), h(&b)), [&a[..], &[0xc7], &b[..]].concat()));
+    forms.push((
+        "body-high-nibble".into(),
+        format!("{}c?{}", h(&a), h(&b)),
+        [&a[..], &[0xc7], &b[..]].concat(),
+    ));
     let (a, b) = (g.lit(6), g.lit(6));
-    forms.push(("body-low-nibble".into(), format!("{}?3{}", h(&a), h(&b)), [&a[..], &[0xe3], &b[..]].concat()));
+    forms.push((
+        "body-low-nibble".into(),
+        format!("{}?3{}", h(&a), h(&b)),
+        [&a[..], &[0xe3], &b[..]].concat(),
+    ));
     let (a, b, f) = (g.lit(8), g.lit(8), g.bytes(3000));
-    forms.push(("body-star".into(), format!("{}*{}", h(&a), h(&b)), [&a[..], &f, &b[..]].concat()));
+    forms.push((
+        "body-star".into(),
+        format!("{}*{}", h(&a), h(&b)),
+        [&a[..], &f, &b[..]].concat(),
+    ));
     let (a, b, f) = (g.lit(8), g.lit(8), g.bytes(7));
-    forms.push(("body-jump-fixed".into(), format!("{}{{7}}{}", h(&a), h(&b)), [&a[..], &f, &b[..]].concat()));
+    forms.push((
+        "body-jump-fixed".into(),
+        format!("{}{{7}}{}", h(&a), h(&b)),
+        [&a[..], &f, &b[..]].concat(),
+    ));
     let (a, b, f) = (g.lit(8), g.lit(8), g.bytes(5));
-    forms.push(("body-jump-upto".into(), format!("{}{{-5}}{}", h(&a), h(&b)), [&a[..], &f, &b[..]].concat()));
+    forms.push((
+        "body-jump-upto".into(),
+        format!("{}{{-5}}{}", h(&a), h(&b)),
+        [&a[..], &f, &b[..]].concat(),
+    ));
     let (a, b, f) = (g.lit(8), g.lit(8), g.bytes(400));
-    forms.push(("body-jump-atleast".into(), format!("{}{{300-}}{}", h(&a), h(&b)), [&a[..], &f, &b[..]].concat()));
+    forms.push((
+        "body-jump-atleast".into(),
+        format!("{}{{300-}}{}", h(&a), h(&b)),
+        [&a[..], &f, &b[..]].concat(),
+    ));
     let (a, b, f) = (g.lit(8), g.lit(8), g.bytes(12));
-    forms.push(("body-jump-range".into(), format!("{}{{4-12}}{}", h(&a), h(&b)), [&a[..], &f, &b[..]].concat()));
+    forms.push((
+        "body-jump-range".into(),
+        format!("{}{{4-12}}{}", h(&a), h(&b)),
+        [&a[..], &f, &b[..]].concat(),
+    ));
     let (a, b, f) = (g.lit(8), [0x99u8], g.bytes(2));
-    forms.push(("body-jump-bracket".into(), format!("{}[1-3]{}", h(&a), h(&b)), [&a[..], &f, &b[..]].concat()));
+    forms.push((
+        "body-jump-bracket".into(),
+        format!("{}[1-3]{}", h(&a), h(&b)),
+        [&a[..], &f, &b[..]].concat(),
+    ));
     let (a, b) = (g.lit(6), g.lit(6));
-    forms.push(("body-alt".into(), format!("{}(11|22|33){}", h(&a), h(&b)), [&a[..], &[0x22], &b[..]].concat()));
+    forms.push((
+        "body-alt".into(),
+        format!("{}(11|22|33){}", h(&a), h(&b)),
+        [&a[..], &[0x22], &b[..]].concat(),
+    ));
     let (a, b) = (g.lit(6), g.lit(6));
-    forms.push(("body-negated-alt".into(), format!("{}!(11|22){}", h(&a), h(&b)), [&a[..], &[0x44], &b[..]].concat()));
+    forms.push((
+        "body-negated-alt".into(),
+        format!("{}!(11|22){}", h(&a), h(&b)),
+        [&a[..], &[0x44], &b[..]].concat(),
+    ));
     let (a, b) = (g.lit(6), g.lit(6));
-    forms.push(("body-multibyte-alt".into(), format!("{}(1122|3344){}", h(&a), h(&b)), [&a[..], &[0x33, 0x44], &b[..]].concat()));
+    forms.push((
+        "body-multibyte-alt".into(),
+        format!("{}(1122|3344){}", h(&a), h(&b)),
+        [&a[..], &[0x33, 0x44], &b[..]].concat(),
+    ));
     let (a, b) = (g.lit(6), g.lit(6));
-    forms.push(("body-varlen-alt".into(), format!("{}(11|223344){}", h(&a), h(&b)), [&a[..], &[0x22, 0x33, 0x44], &b[..]].concat()));
+    forms.push((
+        "body-varlen-alt".into(),
+        format!("{}(11|223344){}", h(&a), h(&b)),
+        [&a[..], &[0x22, 0x33, 0x44], &b[..]].concat(),
+    ));
     for (form, hex, body) in &forms {
         let name = format!("Corpus.Body.{form}");
         g.ndb.push_str(&format!("{name}:0:*:{hex}\n"));
@@ -200,69 +276,115 @@ pub fn generate(out: &Path, seed: u64, benign_files: usize) -> Result<GroundTrut
 
     // Offsets.
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Offset.absolute:0:1000:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Offset.absolute:0:1000:{}\n", h(&lit)));
     let mut data = g.bytes(3000);
     data[1000..1012].copy_from_slice(&lit);
-    g.write("planted/offset-absolute.bin", &data, &["Corpus.Offset.absolute"], "offset-absolute")?;
+    g.write(
+        "planted/offset-absolute.bin",
+        &data,
+        &["Corpus.Offset.absolute"],
+        "offset-absolute",
+    )?;
     data.copy_within(1000..1012, 1500); // control: same bytes at the wrong offset only
     let wrong = g.bytes(12);
     data[1000..1012].copy_from_slice(&wrong);
     g.control("control-wrong-offset", &data)?;
 
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Offset.shift:0:500,2000:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Offset.shift:0:500,2000:{}\n", h(&lit)));
     let mut data = g.bytes(4000);
     data[1700..1712].copy_from_slice(&lit);
-    g.write("planted/offset-shift.bin", &data, &["Corpus.Offset.shift"], "offset-shift")?;
+    g.write(
+        "planted/offset-shift.bin",
+        &data,
+        &["Corpus.Offset.shift"],
+        "offset-shift",
+    )?;
 
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Offset.eof:0:EOF-40:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Offset.eof:0:EOF-40:{}\n", h(&lit)));
     let mut data = g.bytes(2000);
     let n = data.len();
     data[n - 40..n - 28].copy_from_slice(&lit);
-    g.write("planted/offset-eof.bin", &data, &["Corpus.Offset.eof"], "offset-eof")?;
+    g.write(
+        "planted/offset-eof.bin",
+        &data,
+        &["Corpus.Offset.eof"],
+        "offset-eof",
+    )?;
 
     // Target types.
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Target.pe:1:*:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Target.pe:1:*:{}\n", h(&lit)));
     let mut pe = pe_header();
     pe.extend_from_slice(&g.filler());
     pe.extend_from_slice(&lit);
-    g.write("planted/target-pe.exe", &pe, &["Corpus.Target.pe"], "target-pe")?;
+    g.write(
+        "planted/target-pe.exe",
+        &pe,
+        &["Corpus.Target.pe"],
+        "target-pe",
+    )?;
     let mut not_pe = g.filler();
     not_pe.extend_from_slice(&lit);
     g.control("control-wrong-type", &not_pe)?;
 
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Target.elf:6:*:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Target.elf:6:*:{}\n", h(&lit)));
     let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
     elf.extend_from_slice(&g.filler());
     elf.extend_from_slice(&lit);
-    g.write("planted/target-elf", &elf, &["Corpus.Target.elf"], "target-elf")?;
+    g.write(
+        "planted/target-elf",
+        &elf,
+        &["Corpus.Target.elf"],
+        "target-elf",
+    )?;
 
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Target.macho:9:*:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Target.macho:9:*:{}\n", h(&lit)));
     let mut macho = vec![0xcf, 0xfa, 0xed, 0xfe];
     macho.extend_from_slice(&g.filler());
     macho.extend_from_slice(&lit);
-    g.write("planted/target-macho", &macho, &["Corpus.Target.macho"], "target-macho")?;
+    g.write(
+        "planted/target-macho",
+        &macho,
+        &["Corpus.Target.macho"],
+        "target-macho",
+    )?;
 
     // Near miss: a jump one byte longer than allowed.
     let (a, b, f) = (g.lit(8), g.lit(8), g.bytes(13));
-    g.ndb.push_str(&format!("Corpus.Body.nearmiss:0:*:{}{{4-12}}{}\n", h(&a), h(&b)));
+    g.ndb.push_str(&format!(
+        "Corpus.Body.nearmiss:0:*:{}{{4-12}}{}\n",
+        h(&a),
+        h(&b)
+    ));
     g.control("control-jump-too-long", &[&a[..], &f, &b[..]].concat())?;
 
     // Allow-listed: matches a body signature, but its MD5 is in the .fp.
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Body.allowlisted:0:*:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Body.allowlisted:0:*:{}\n", h(&lit)));
     let mut data = g.filler();
     data.extend_from_slice(&lit);
-    g.fp.push_str(&format!("{}:{}:Corpus.KnownGood\n", h(&md5::Md5::digest(&data)), data.len()));
+    g.fp.push_str(&format!(
+        "{}:{}:Corpus.KnownGood\n",
+        h(&md5::Md5::digest(&data)),
+        data.len()
+    ));
     g.control("control-allowlisted", &data)?;
 
     // Ignored by name.
     let lit = g.lit(12);
-    g.ndb.push_str(&format!("Corpus.Body.ignored:0:*:{}\n", h(&lit)));
+    g.ndb
+        .push_str(&format!("Corpus.Body.ignored:0:*:{}\n", h(&lit)));
     g.ign2.push_str("Corpus.Body.ignored\n");
     let mut data = g.filler();
     data.extend_from_slice(&lit);
@@ -272,7 +394,10 @@ pub fn generate(out: &Path, seed: u64, benign_files: usize) -> Result<GroundTrut
     let lit = g.lit(12);
     g.yar.push_str(&format!(
         "rule Corpus_Yara_hex {{\n  strings:\n    $a = {{ {} }}\n  condition:\n    $a\n}}\n",
-        lit.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(" ")
+        lit.iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     g.plant("yara-hex", "Corpus_Yara_hex", &lit)?;
 
@@ -295,7 +420,9 @@ pub fn generate(out: &Path, seed: u64, benign_files: usize) -> Result<GroundTrut
         let data = match kind {
             0 | 1 => g.bytes(size),
             2 => {
-                let words = ["the ", "scan ", "guest ", "ward ", "page ", "file ", "\n", "data "];
+                let words = [
+                    "the ", "scan ", "guest ", "ward ", "page ", "file ", "\n", "data ",
+                ];
                 let mut s = Vec::with_capacity(size);
                 while s.len() < size {
                     s.extend_from_slice(words[g.rng.random_range(0..words.len())].as_bytes());
@@ -319,7 +446,12 @@ pub fn generate(out: &Path, seed: u64, benign_files: usize) -> Result<GroundTrut
     // Files whose size equals a hash signature's size, with other content.
     for (i, size) in hash_sizes.clone().into_iter().enumerate() {
         let data = g.bytes(size);
-        g.write(&format!("benign/same-size-{i}.bin"), &data, &[], "benign-hash-size")?;
+        g.write(
+            &format!("benign/same-size-{i}.bin"),
+            &data,
+            &[],
+            "benign-hash-size",
+        )?;
     }
 
     fs::write(sigs.join("corpus.hdb"), &g.hdb)?;
@@ -328,8 +460,14 @@ pub fn generate(out: &Path, seed: u64, benign_files: usize) -> Result<GroundTrut
     fs::write(sigs.join("corpus.yar"), &g.yar)?;
     fs::write(sigs.join("corpus.fp"), &g.fp)?;
     fs::write(sigs.join("corpus.ign2"), &g.ign2)?;
-    let truth = GroundTruth { seed, entries: g.entries };
-    fs::write(out.join("ground_truth.json"), serde_json::to_vec_pretty(&truth)?)?;
+    let truth = GroundTruth {
+        seed,
+        entries: g.entries,
+    };
+    fs::write(
+        out.join("ground_truth.json"),
+        serde_json::to_vec_pretty(&truth)?,
+    )?;
     Ok(truth)
 }
 

@@ -92,7 +92,11 @@ pub struct Verdict {
 impl Verdict {
     /// A verdict.
     pub fn new(action: Action, detail: VerdictDetail, sigset_version: u64) -> Self {
-        Verdict { action, detail, sigset_version }
+        Verdict {
+            action,
+            detail,
+            sigset_version,
+        }
     }
     /// Whether the access is refused.
     pub fn is_deny(&self) -> bool {
@@ -119,7 +123,13 @@ mod tests {
 
     #[test]
     fn verdict_json_shape() {
-        let v = Verdict::new(Action::Deny, VerdictDetail::Infected { names: vec!["X".into()] }, 3);
+        let v = Verdict::new(
+            Action::Deny,
+            VerdictDetail::Infected {
+                names: vec!["X".into()],
+            },
+            3,
+        );
         let j = serde_json::to_value(&v).unwrap();
         assert_eq!(j["action"], "deny");
         assert_eq!(j["detail"]["status"], "infected");

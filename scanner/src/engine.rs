@@ -96,10 +96,16 @@ pub enum UnscannedReason {
 impl std::fmt::Display for UnscannedReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UnscannedReason::TooLarge { size, limit } => write!(f, "size {size} exceeds the limit of {limit} bytes"),
-            UnscannedReason::TimedOut { limit_ms } => write!(f, "scan time exceeded the limit of {limit_ms} ms"),
+            UnscannedReason::TooLarge { size, limit } => {
+                write!(f, "size {size} exceeds the limit of {limit} bytes")
+            }
+            UnscannedReason::TimedOut { limit_ms } => {
+                write!(f, "scan time exceeded the limit of {limit_ms} ms")
+            }
             UnscannedReason::Io { error } => write!(f, "{error}"),
-            UnscannedReason::NotRegularFile { file_type } => write!(f, "not a regular file ({file_type})"),
+            UnscannedReason::NotRegularFile { file_type } => {
+                write!(f, "not a regular file ({file_type})")
+            }
             UnscannedReason::Engine { error } => write!(f, "engine error: {error}"),
         }
     }
@@ -144,7 +150,9 @@ pub struct Scanner<'s> {
 
 impl std::fmt::Debug for Scanner<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scanner").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Scanner")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -181,7 +189,10 @@ impl<'s> Scanner<'s> {
     pub fn scan_bytes(&mut self, data: &[u8]) -> ScanResult {
         if data.len() as u64 > self.limits.max_file_size {
             return ScanResult::Unscanned {
-                reason: UnscannedReason::TooLarge { size: data.len() as u64, limit: self.limits.max_file_size },
+                reason: UnscannedReason::TooLarge {
+                    size: data.len() as u64,
+                    limit: self.limits.max_file_size,
+                },
             };
         }
         let deadline = Instant::now() + self.limits.max_scan_time;
@@ -210,7 +221,9 @@ impl<'s> Scanner<'s> {
 
     fn timed_out(&self) -> ScanResult {
         ScanResult::Unscanned {
-            reason: UnscannedReason::TimedOut { limit_ms: u64::try_from(self.limits.max_scan_time.as_millis()).unwrap_or(u64::MAX) },
+            reason: UnscannedReason::TimedOut {
+                limit_ms: u64::try_from(self.limits.max_scan_time.as_millis()).unwrap_or(u64::MAX),
+            },
         }
     }
 
@@ -218,7 +231,11 @@ impl<'s> Scanner<'s> {
     pub fn scan_file(&mut self, path: &Path) -> FileScan {
         let file = match File::open(path) {
             Ok(f) => f,
-            Err(e) => return unscanned(UnscannedReason::Io { error: io_reason(&e) }),
+            Err(e) => {
+                return unscanned(UnscannedReason::Io {
+                    error: io_reason(&e),
+                })
+            }
         };
         self.scan_open_file(&file)
     }
@@ -227,10 +244,16 @@ impl<'s> Scanner<'s> {
     pub fn scan_open_file(&mut self, file: &File) -> FileScan {
         let meta = match file.metadata() {
             Ok(m) => m,
-            Err(e) => return unscanned(UnscannedReason::Io { error: io_reason(&e) }),
+            Err(e) => {
+                return unscanned(UnscannedReason::Io {
+                    error: io_reason(&e),
+                })
+            }
         };
         if !meta.is_file() {
-            return unscanned(UnscannedReason::NotRegularFile { file_type: describe(&meta.file_type()) });
+            return unscanned(UnscannedReason::NotRegularFile {
+                file_type: describe(&meta.file_type()),
+            });
         }
         let size = meta.len();
         let limit = self.limits.max_file_size;
@@ -240,17 +263,30 @@ impl<'s> Scanner<'s> {
         if size >= SMALL_FILE {
             if let Some(map) = map_file(file) {
                 let result = self.scan_bytes(&map);
-                return FileScan { bytes: map.len() as u64, result };
+                return FileScan {
+                    bytes: map.len() as u64,
+                    result,
+                };
             }
         }
         // Read, with a cap one byte past the limit so a growing file is noticed.
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let read = (&mut &*file).take(limit.saturating_add(1)).read_to_end(&mut buf);
+        let read = (&mut &*file)
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut buf);
         let out = match read {
-            Err(e) => unscanned(UnscannedReason::Io { error: io_reason(&e) }),
-            Ok(_) if buf.len() as u64 > limit => unscanned(UnscannedReason::TooLarge { size: buf.len() as u64, limit }),
-            Ok(_) => FileScan { bytes: buf.len() as u64, result: self.scan_bytes(&buf) },
+            Err(e) => unscanned(UnscannedReason::Io {
+                error: io_reason(&e),
+            }),
+            Ok(_) if buf.len() as u64 > limit => unscanned(UnscannedReason::TooLarge {
+                size: buf.len() as u64,
+                limit,
+            }),
+            Ok(_) => FileScan {
+                bytes: buf.len() as u64,
+                result: self.scan_bytes(&buf),
+            },
         };
         if buf.capacity() <= 4 << 20 {
             self.buf = buf;
@@ -258,13 +294,22 @@ impl<'s> Scanner<'s> {
         out
     }
 
-    fn body_matches(&mut self, data: &[u8], deadline: Instant, out: &mut Vec<Match>) -> Result<(), Stop> {
+    fn body_matches(
+        &mut self,
+        data: &[u8],
+        deadline: Instant,
+        out: &mut Vec<Match>,
+    ) -> Result<(), Stop> {
         let bodies = self.set.bodies();
         if bodies.is_empty() {
             return Ok(());
         }
         let targets = if bodies.has_typed_targets() {
-            [Target::Pe.accepts(data), Target::Elf.accepts(data), Target::MachO.accepts(data)]
+            [
+                Target::Pe.accepts(data),
+                Target::Elf.accepts(data),
+                Target::MachO.accepts(data),
+            ]
         } else {
             [false; 3]
         };
@@ -276,7 +321,9 @@ impl<'s> Scanner<'s> {
         };
         let sigs = bodies.sigs();
         for &id in bodies.anchored() {
-            let Some(sig) = sigs.get(id as usize) else { continue };
+            let Some(sig) = sigs.get(id as usize) else {
+                continue;
+            };
             if target_ok(sig.target) {
                 if let Some(start) = verify_anchored(sig, data) {
                     self.record(id, sig.name.as_str(), start, out);
@@ -303,11 +350,15 @@ impl<'s> Scanner<'s> {
                     if self.is_found(r.sig) {
                         continue;
                     }
-                    let Some(sig) = sigs.get(r.sig as usize) else { continue };
+                    let Some(sig) = sigs.get(r.sig as usize) else {
+                        continue;
+                    };
                     if !target_ok(sig.target) {
                         continue;
                     }
-                    let Some(pos) = m.start().checked_sub(r.off as usize) else { continue };
+                    let Some(pos) = m.start().checked_sub(r.off as usize) else {
+                        continue;
+                    };
                     if let Some(start) = verify(sig, data, r.seg as usize, pos) {
                         self.record(r.sig, sig.name.as_str(), start, out);
                     }
@@ -325,7 +376,9 @@ impl<'s> Scanner<'s> {
 
     #[inline]
     fn is_found(&self, sig: u32) -> bool {
-        self.found.get((sig / 64) as usize).is_some_and(|w| w >> (sig % 64) & 1 == 1)
+        self.found
+            .get((sig / 64) as usize)
+            .is_some_and(|w| w >> (sig % 64) & 1 == 1)
     }
 
     fn record(&mut self, sig: u32, name: &str, start: usize, out: &mut Vec<Match>) {
@@ -334,8 +387,15 @@ impl<'s> Scanner<'s> {
             self.touched.push(sig);
         }
         // Expanded alternatives share a name: report each name once.
-        if !out.iter().any(|m| m.kind == MatchKind::Body && m.name == name) {
-            out.push(Match { name: name.to_owned(), kind: MatchKind::Body, offset: Some(start as u64) });
+        if !out
+            .iter()
+            .any(|m| m.kind == MatchKind::Body && m.name == name)
+        {
+            out.push(Match {
+                name: name.to_owned(),
+                kind: MatchKind::Body,
+                offset: Some(start as u64),
+            });
         }
     }
 
@@ -347,15 +407,26 @@ impl<'s> Scanner<'s> {
         }
     }
 
-    fn yara_matches(&mut self, data: &[u8], deadline: Instant, out: &mut Vec<Match>) -> Result<(), UnscannedReason> {
-        let Some(yara) = self.yara.as_mut() else { return Ok(()) };
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    fn yara_matches(
+        &mut self,
+        data: &[u8],
+        deadline: Instant,
+        out: &mut Vec<Match>,
+    ) -> Result<(), UnscannedReason> {
+        let Some(yara) = self.yara.as_mut() else {
+            return Ok(());
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
         yara.set_timeout(left);
         let results = yara.scan(data).map_err(|e| match e {
             yara_x::errors::ScanError::Timeout => UnscannedReason::TimedOut {
                 limit_ms: u64::try_from(self.limits.max_scan_time.as_millis()).unwrap_or(u64::MAX),
             },
-            other => UnscannedReason::Engine { error: other.to_string() },
+            other => UnscannedReason::Engine {
+                error: other.to_string(),
+            },
         })?;
         for rule in results.matching_rules() {
             let name = rule.identifier();
@@ -367,7 +438,11 @@ impl<'s> Scanner<'s> {
                 .filter_map(|p| p.matches().map(|m| m.range().start).min())
                 .min()
                 .map(|o| o as u64);
-            out.push(Match { name: name.to_owned(), kind: MatchKind::Yara, offset });
+            out.push(Match {
+                name: name.to_owned(),
+                kind: MatchKind::Yara,
+                offset,
+            });
         }
         Ok(())
     }
@@ -399,13 +474,20 @@ fn push_names(set: &SignatureSet, ids: Vec<u32>, kind: MatchKind, out: &mut Vec<
     for id in ids {
         let name = set.name(id);
         if !out.iter().any(|m| m.name == name) {
-            out.push(Match { name: name.to_owned(), kind, offset: None });
+            out.push(Match {
+                name: name.to_owned(),
+                kind,
+                offset: None,
+            });
         }
     }
 }
 
 fn unscanned(reason: UnscannedReason) -> FileScan {
-    FileScan { result: ScanResult::Unscanned { reason }, bytes: 0 }
+    FileScan {
+        result: ScanResult::Unscanned { reason },
+        bytes: 0,
+    }
 }
 
 fn io_reason(e: &std::io::Error) -> String {

@@ -9,7 +9,8 @@ use signatures::{BodySig, Segment};
 pub fn find(sig: &BodySig, data: &[u8]) -> Option<usize> {
     let (lo, hi) = sig.offset.start_range(data.len())?;
     (lo..=hi.min(data.len())).find(|&start| {
-        sig.target.accepts(data) && place(sig.pattern.segments(), sig.pattern.gaps(), data, 0, start)
+        sig.target.accepts(data)
+            && place(sig.pattern.segments(), sig.pattern.gaps(), data, 0, start)
     })
 }
 
@@ -23,7 +24,9 @@ pub fn matches_at(sig: &BodySig, data: &[u8], start: usize) -> bool {
 fn seg_at(seg: &Segment, data: &[u8], pos: usize) -> bool {
     let mut p = pos;
     for t in seg.toks() {
-        let Some(w) = data.get(p..p + t.len()) else { return false };
+        let Some(w) = data.get(p..p + t.len()) else {
+            return false;
+        };
         if !t.matches(w) {
             return false;
         }
@@ -39,6 +42,9 @@ fn place(segs: &[Segment], gaps: &[signatures::Gap], data: &[u8], i: usize, pos:
     }
     let end = pos + seg.len();
     let Some(g) = gaps.get(i) else { return true };
-    let max = g.max.map_or(data.len(), |m| end + m as usize).min(data.len());
+    let max = g
+        .max
+        .map_or(data.len(), |m| end + m as usize)
+        .min(data.len());
     (end + g.min as usize..=max).any(|p| place(segs, gaps, data, i + 1, p))
 }

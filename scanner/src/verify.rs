@@ -100,7 +100,15 @@ fn forward(segs: &[Segment], gaps: &[Gap], data: &[u8], k: usize, end: usize) ->
 
 /// Place segments `0..k` before segment `k` at `pos_k`; return a start of segment 0 in
 /// `lo..=hi`.
-fn backward(segs: &[Segment], gaps: &[Gap], data: &[u8], k: usize, pos_k: usize, lo: usize, hi: usize) -> Option<usize> {
+fn backward(
+    segs: &[Segment],
+    gaps: &[Gap],
+    data: &[u8],
+    k: usize,
+    pos_k: usize,
+    lo: usize,
+    hi: usize,
+) -> Option<usize> {
     if k == 0 {
         return (pos_k >= lo && pos_k <= hi).then_some(pos_k);
     }
@@ -112,7 +120,9 @@ fn backward(segs: &[Segment], gaps: &[Gap], data: &[u8], k: usize, pos_k: usize,
         let mut cand: Vec<(usize, usize)> = Vec::new();
         for &(s_lo, s_hi) in &starts {
             // seg i ends in [s - max, s - min], so it starts in [s - max - len, s - min - len].
-            let c_hi = s_hi.checked_sub(gap.min as usize).and_then(|v| v.checked_sub(seg.len()));
+            let c_hi = s_hi
+                .checked_sub(gap.min as usize)
+                .and_then(|v| v.checked_sub(seg.len()));
             let Some(c_hi) = c_hi else { continue };
             let c_lo = match gap.max {
                 Some(m) => s_lo.saturating_sub(m as usize).saturating_sub(seg.len()),

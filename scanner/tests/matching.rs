@@ -41,8 +41,15 @@ fn hit(line: &str, data: &[u8]) -> bool {
     let mut s = Scanner::new(&set);
     let r = s.scan_bytes(data);
     let engine = !names(&r).is_empty();
-    let reference = set.bodies().sigs().iter().any(|sig| reference::find(sig, data).is_some());
-    assert_eq!(engine, reference, "engine and reference disagree on {line} over {data:02x?}");
+    let reference = set
+        .bodies()
+        .sigs()
+        .iter()
+        .any(|sig| reference::find(sig, data).is_some());
+    assert_eq!(
+        engine, reference,
+        "engine and reference disagree on {line} over {data:02x?}"
+    );
     engine
 }
 
@@ -94,10 +101,16 @@ fn jumps_at_exact_minimum_and_maximum() {
     let atleast = "S:0:*:41424344{2-}45464748";
     assert!(!hit(atleast, b"ABCD.EFGH"));
     assert!(hit(atleast, b"ABCD..EFGH"));
-    assert!(hit(atleast, &[&b"ABCD"[..], &[0u8; 5000], b"EFGH"].concat()));
+    assert!(hit(
+        atleast,
+        &[&b"ABCD"[..], &[0u8; 5000], b"EFGH"].concat()
+    ));
     let star = "S:0:*:41424344*45464748";
     assert!(hit(star, b"ABCDEFGH"));
-    assert!(hit(star, &[&b"ABCD"[..], &[7u8; 100_000], b"EFGH"].concat()));
+    assert!(hit(
+        star,
+        &[&b"ABCD"[..], &[7u8; 100_000], b"EFGH"].concat()
+    ));
     assert!(!hit(star, b"EFGHABCD"));
     let bracket = "S:0:*:41424344[1-2]45";
     assert!(hit(bracket, b"ABCD.E"));
@@ -110,10 +123,19 @@ fn jumps_before_the_atom_are_checked_backwards() {
     // The best atom is the rare run after the jump; the first segment must be found before it.
     let sig = "S:0:*:0000{1-3}deadbeefcafe";
     assert!(hit(sig, &[0, 0, 9, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]));
-    assert!(hit(sig, &[0, 0, 9, 9, 9, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]));
-    assert!(!hit(sig, &[0, 0, 9, 9, 9, 9, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]));
+    assert!(hit(
+        sig,
+        &[0, 0, 9, 9, 9, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]
+    ));
+    assert!(!hit(
+        sig,
+        &[0, 0, 9, 9, 9, 9, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]
+    ));
     assert!(!hit(sig, &[0, 0, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]));
-    assert!(hit("S:0:*:0102*deadbeefcafe", &[1, 2, 3, 4, 5, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]));
+    assert!(hit(
+        "S:0:*:0102*deadbeefcafe",
+        &[1, 2, 3, 4, 5, 0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe]
+    ));
 }
 
 #[test]
@@ -173,7 +195,10 @@ fn target_types_follow_magic() {
 
 #[test]
 fn overlapping_and_adjacent_matches_of_different_signatures() {
-    let set = set_of(&[("t.ndb", "A:0:*:41424344\nB:0:*:43444546\nC:0:*:47484950\nD:0:*:4142\n")]);
+    let set = set_of(&[(
+        "t.ndb",
+        "A:0:*:41424344\nB:0:*:43444546\nC:0:*:47484950\nD:0:*:4142\n",
+    )]);
     let mut s = Scanner::new(&set);
     // A and B overlap ("CD"), B and C are adjacent, D is inside A.
     let r = s.scan_bytes(b"..ABCDEFGHIP..");
@@ -191,13 +216,19 @@ fn matches_straddling_internal_block_boundaries() {
     // The automaton runs over BLOCK-sized windows; plant every alignment across the boundary.
     let set = ndb("S:0:*:deadbeefcafebabe{2-5}0102");
     let mut s = Scanner::new(&set);
-    let pattern = [0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe, 0xba, 0xbe, 9, 9, 9, 1, 2];
+    let pattern = [
+        0xde, 0xad, 0xbe, 0xef, 0xca, 0xfe, 0xba, 0xbe, 9, 9, 9, 1, 2,
+    ];
     for boundary in [BLOCK, 2 * BLOCK] {
         for back in 0..=pattern.len() {
             let mut data = vec![0x55u8; 2 * BLOCK + 100];
             let at = boundary - back;
             data[at..at + pattern.len()].copy_from_slice(&pattern);
-            assert_eq!(offsets(&s.scan_bytes(&data)), vec![Some(at as u64)], "boundary {boundary} back {back}");
+            assert_eq!(
+                offsets(&s.scan_bytes(&data)),
+                vec![Some(at as u64)],
+                "boundary {boundary} back {back}"
+            );
         }
     }
 }
@@ -207,17 +238,30 @@ fn hash_signatures_and_allow_list() {
     let data = b"hash me please";
     let md5 = "bb4b5e4c8a4a0df6b1fd4cd2f8e2ef1e"; // not this data
     let set = set_of(&[
-        ("h.hdb", &format!("{md5}:14:Wrong.Md5\n{}:14:Right.Md5\n", md5_hex(data))),
+        (
+            "h.hdb",
+            &format!("{md5}:14:Wrong.Md5\n{}:14:Right.Md5\n", md5_hex(data)),
+        ),
         ("h.hsb", &format!("{}:*:Any.Sha256\n", sha256_hex(data))),
     ]);
     let mut s = Scanner::new(&set);
     let r = s.scan_bytes(data);
-    let ScanResult::Infected { matches } = r else { panic!("{r:?}") };
+    let ScanResult::Infected { matches } = r else {
+        panic!("{r:?}")
+    };
     assert_eq!(
         matches,
         vec![
-            Match { name: "Right.Md5".into(), kind: MatchKind::Md5, offset: None },
-            Match { name: "Any.Sha256".into(), kind: MatchKind::Sha256, offset: None },
+            Match {
+                name: "Right.Md5".into(),
+                kind: MatchKind::Md5,
+                offset: None
+            },
+            Match {
+                name: "Any.Sha256".into(),
+                kind: MatchKind::Sha256,
+                offset: None
+            },
         ]
     );
     assert_eq!(s.scan_bytes(b"hash me pleasE"), ScanResult::Clean);
@@ -228,16 +272,31 @@ fn hash_signatures_and_allow_list() {
         ("a.fp", &format!("{}:14:Known.Good\n", md5_hex(data))),
     ]);
     assert_eq!(Scanner::new(&set).scan_bytes(data), ScanResult::Clean);
-    assert_eq!(names(&Scanner::new(&set).scan_bytes(b"hash it")), vec!["Body"]);
+    assert_eq!(
+        names(&Scanner::new(&set).scan_bytes(b"hash it")),
+        vec!["Body"]
+    );
 }
 
 #[test]
 fn yara_rules_match_with_offsets() {
-    let set = set_of(&[("r.yar", "rule Demo_Rule { strings: $a = \"needle\" condition: $a }\n")]);
+    let set = set_of(&[(
+        "r.yar",
+        "rule Demo_Rule { strings: $a = \"needle\" condition: $a }\n",
+    )]);
     let mut s = Scanner::new(&set);
     let r = s.scan_bytes(b"hay hay needle hay");
-    let ScanResult::Infected { matches } = r else { panic!("{r:?}") };
-    assert_eq!(matches, vec![Match { name: "Demo_Rule".into(), kind: MatchKind::Yara, offset: Some(8) }]);
+    let ScanResult::Infected { matches } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        matches,
+        vec![Match {
+            name: "Demo_Rule".into(),
+            kind: MatchKind::Yara,
+            offset: Some(8)
+        }]
+    );
     assert_eq!(s.scan_bytes(b"hay"), ScanResult::Clean);
 }
 
@@ -245,11 +304,23 @@ fn yara_rules_match_with_offsets() {
 fn limits_give_unscanned_never_clean() {
     let set = ndb("S:0:*:41424344");
     let mut s = Scanner::new(&set);
-    s.set_limits(Limits { max_file_size: 10, max_scan_time: Duration::from_secs(5) });
-    assert!(matches!(s.scan_bytes(&[0u8; 11]), ScanResult::Unscanned { .. }));
-    s.set_limits(Limits { max_file_size: 1 << 30, max_scan_time: Duration::ZERO });
+    s.set_limits(Limits {
+        max_file_size: 10,
+        max_scan_time: Duration::from_secs(5),
+    });
+    assert!(matches!(
+        s.scan_bytes(&[0u8; 11]),
+        ScanResult::Unscanned { .. }
+    ));
+    s.set_limits(Limits {
+        max_file_size: 1 << 30,
+        max_scan_time: Duration::ZERO,
+    });
     let big = vec![0u8; 3 * BLOCK];
-    assert!(matches!(s.scan_bytes(&big), ScanResult::Unscanned { .. }), "time limit");
+    assert!(
+        matches!(s.scan_bytes(&big), ScanResult::Unscanned { .. }),
+        "time limit"
+    );
 }
 
 #[test]
@@ -270,8 +341,14 @@ fn files_small_large_and_special() {
     assert_eq!(scan.bytes, data.len() as u64);
     assert_eq!(offsets(&scan.result), vec![Some((n - 6) as u64)]);
     // Missing files and directories are unscanned with a reason.
-    assert!(matches!(s.scan_file(&dir.path().join("missing")).result, ScanResult::Unscanned { .. }));
-    assert!(matches!(s.scan_file(dir.path()).result, ScanResult::Unscanned { .. }));
+    assert!(matches!(
+        s.scan_file(&dir.path().join("missing")).result,
+        ScanResult::Unscanned { .. }
+    ));
+    assert!(matches!(
+        s.scan_file(dir.path()).result,
+        ScanResult::Unscanned { .. }
+    ));
 }
 
 fn md5_hex(d: &[u8]) -> String {
@@ -312,8 +389,20 @@ fn jump() -> impl Strategy<Value = String> {
 
 /// A segment that always holds a two-byte literal so the signature can float.
 fn segment() -> impl Strategy<Value = String> {
-    (prop::collection::vec(elem(), 0..3), (0u8..4, 0u8..4), prop::collection::vec(elem(), 0..3))
-        .prop_map(|(a, (x, y), b)| format!("{}{:02x}{:02x}{}", a.concat(), 0x61 + x, 0x61 + y, b.concat()))
+    (
+        prop::collection::vec(elem(), 0..3),
+        (0u8..4, 0u8..4),
+        prop::collection::vec(elem(), 0..3),
+    )
+        .prop_map(|(a, (x, y), b)| {
+            format!(
+                "{}{:02x}{:02x}{}",
+                a.concat(),
+                0x61 + x,
+                0x61 + y,
+                b.concat()
+            )
+        })
 }
 
 fn signature() -> impl Strategy<Value = String> {
@@ -323,10 +412,15 @@ fn signature() -> impl Strategy<Value = String> {
         1 => (0u32..4, 0u32..4).prop_map(|(n, s)| format!("{n},{s}")),
         1 => (0u32..12).prop_map(|n| format!("EOF-{n}")),
     ];
-    (offset, segment(), prop::collection::vec((jump(), segment()), 0..3)).prop_map(|(o, first, rest)| {
-        let body: String = rest.into_iter().map(|(j, s)| j + &s).collect();
-        format!("P:0:{o}:{first}{body}")
-    })
+    (
+        offset,
+        segment(),
+        prop::collection::vec((jump(), segment()), 0..3),
+    )
+        .prop_map(|(o, first, rest)| {
+            let body: String = rest.into_iter().map(|(j, s)| j + &s).collect();
+            format!("P:0:{o}:{first}{body}")
+        })
 }
 
 proptest! {

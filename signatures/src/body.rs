@@ -49,10 +49,13 @@ fn is_pe(data: &[u8]) -> bool {
     if !data.starts_with(b"MZ") {
         return false;
     }
-    let Some(lfanew) = data.get(0x3c..0x40) else {
+    let Some(lfanew) = data
+        .get(0x3c..0x40)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+    else {
         return false;
     };
-    let lfanew = u32::from_le_bytes([lfanew[0], lfanew[1], lfanew[2], lfanew[3]]) as usize;
+    let lfanew = u32::from_le_bytes(lfanew) as usize;
     lfanew
         .checked_add(4)
         .and_then(|end| data.get(lfanew..end))
@@ -69,7 +72,8 @@ fn is_macho(data: &[u8]) -> bool {
         // architecture count where a class file holds its version (45 or more).
         [0xca, 0xfe, 0xba, 0xbe] => data
             .get(4..8)
-            .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]))
+            .and_then(|n| <[u8; 4]>::try_from(n).ok())
+            .map(u32::from_be_bytes)
             .is_some_and(|n| (1..=20).contains(&n)),
         _ => false,
     }
@@ -140,7 +144,9 @@ impl ByteSet {
     fn insert_masked(&mut self, value: u8, mask: u8) {
         for b in 0..=255u8 {
             if b & mask == value & mask {
-                self.0[usize::from(b >> 6)] |= 1 << (b & 63);
+                if let Some(w) = self.0.get_mut(usize::from(b >> 6)) {
+                    *w |= 1 << (b & 63);
+                }
             }
         }
     }
@@ -153,9 +159,14 @@ impl ByteSet {
     #[inline]
     pub fn contains(&self, b: u8) -> bool {
         // The index is at most 3 because b >> 6 < 4.
-        self.0.get(usize::from(b >> 6)).is_some_and(|w| w >> (b & 63) & 1 == 1)
+        self.0
+            .get(usize::from(b >> 6))
+            .is_some_and(|w| w >> (b & 63) & 1 == 1)
     }
 }
+
+/// One member of a multi-byte alternative: `(value, mask)` per byte.
+pub type Member = Box<[(u8, u8)]>;
 
 /// One item of a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +186,7 @@ pub enum Tok {
     /// negated, none does).
     Alt {
         /// Each member: `(value, mask)` per byte, all of the same length.
-        members: Box<[Box<[(u8, u8)]>]>,
+        members: Box<[Member]>,
         /// `!(…)`.
         negated: bool,
     },
@@ -300,7 +311,9 @@ impl Pattern {
                     if bytes.len() >= 2 {
                         let w = bytes.len().min(MAX_ATOM);
                         for start in 0..=bytes.len() - w {
-                            let cand = &bytes[start..start + w];
+                            let Some(cand) = bytes.get(start..start + w) else {
+                                continue;
+                            };
                             let score = atom_score(cand);
                             if best.as_ref().is_none_or(|b| score > b.0) {
                                 best = Some((score, si, off + start, cand));
@@ -327,7 +340,9 @@ fn atom_score(atom: &[u8]) -> u32 {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => 6,
             _ => 8,
         };
-        let first = !std::mem::replace(&mut seen[usize::from(b)], true);
+        let first = seen
+            .get_mut(usize::from(b))
+            .is_some_and(|s| !std::mem::replace(s, true));
         score += if first { w * 2 } else { w };
     }
     score
@@ -347,9 +362,16 @@ pub struct BodySig {
 }
 
 /// Parse one `.ndb` line. `Parsed::Skip` is a valid line of a form not supported yet.
-pub(crate) fn parse_ndb_line(line: &[u8], flevel: Flevel) -> Result<Parsed<Vec<BodySig>>, LineError> {
+pub(crate) fn parse_ndb_line(
+    line: &[u8],
+    flevel: Flevel,
+) -> Result<Parsed<Vec<BodySig>>, LineError> {
     let text = std::str::from_utf8(line).map_err(|e| {
-        LineError::new(e.valid_up_to(), ErrorCode::NotUtf8, "body signature is not ASCII")
+        LineError::new(
+            e.valid_up_to(),
+            ErrorCode::NotUtf8,
+            "body signature is not ASCII",
+        )
     })?;
     let fields: Vec<(usize, &str)> = split_fields(text);
     if fields.len() < 4 || fields.len() > 6 {
@@ -374,7 +396,11 @@ pub(crate) fn parse_ndb_line(line: &[u8], flevel: Flevel) -> Result<Parsed<Vec<B
         Ok(1) => Target::Pe,
         Ok(6) => Target::Elf,
         Ok(9) => Target::MachO,
-        Ok(2..=14) => return Ok(Parsed::Skip("body signatures for target types other than 0, 1, 6, 9")),
+        Ok(2..=14) => {
+            return Ok(Parsed::Skip(
+                "body signatures for target types other than 0, 1, 6, 9",
+            ))
+        }
         _ => {
             return Err(LineError::new(
                 tcol,
@@ -434,7 +460,11 @@ pub(crate) fn split_fields(text: &str) -> Vec<(usize, &str)> {
 
 fn parse_u64(s: &str, col: usize, code: ErrorCode, what: &str) -> Result<u64, LineError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(LineError::new(col, code, format!("{what} {s:?} is not a decimal number")));
+        return Err(LineError::new(
+            col,
+            code,
+            format!("{what} {s:?} is not a decimal number"),
+        ));
     }
     s.parse::<u64>()
         .map_err(|_| LineError::new(col, code, format!("{what} {s:?} is out of range")))
@@ -448,9 +478,16 @@ fn parse_offset(s: &str) -> Result<Option<Offset>, LineError> {
     let (base, shift_col, shift) = match s.split_once(',') {
         Some((b, sh)) => {
             let v = parse_u64(sh, b.len() + 1, ErrorCode::BadOffset, "offset shift")?;
-            let v = u32::try_from(v).ok().filter(|v| *v <= MAX_JUMP).ok_or_else(|| {
-                LineError::new(b.len() + 1, ErrorCode::BadOffset, format!("offset shift {v} exceeds {MAX_JUMP}"))
-            })?;
+            let v = u32::try_from(v)
+                .ok()
+                .filter(|v| *v <= MAX_JUMP)
+                .ok_or_else(|| {
+                    LineError::new(
+                        b.len() + 1,
+                        ErrorCode::BadOffset,
+                        format!("offset shift {v} exceeds {MAX_JUMP}"),
+                    )
+                })?;
             (b, b.len() + 1, v)
         }
         None => (s, 0, 0),
@@ -503,7 +540,11 @@ fn hexval(c: u8) -> Option<u8> {
 /// Parse a byte position (two characters) at `i`: hex byte, `??`, `a?` or `?a`.
 fn parse_pair(s: &[u8], i: usize) -> Result<(u8, u8), LineError> {
     let (Some(&a), Some(&b)) = (s.get(i), s.get(i + 1)) else {
-        return Err(LineError::new(i, ErrorCode::BadHex, "incomplete byte: hex digits come in pairs"));
+        return Err(LineError::new(
+            i,
+            ErrorCode::BadHex,
+            "incomplete byte: hex digits come in pairs",
+        ));
     };
     match (a, b, hexval(a), hexval(b)) {
         (_, _, Some(h), Some(l)) => Ok(((h << 4) | l, 0xff)),
@@ -511,11 +552,18 @@ fn parse_pair(s: &[u8], i: usize) -> Result<(u8, u8), LineError> {
         (_, b'?', Some(h), _) => Ok((h << 4, 0xf0)),
         (b'?', _, _, Some(l)) => Ok((l, 0x0f)),
         _ => {
-            let bad = if hexval(a).is_none() && a != b'?' { i } else { i + 1 };
+            let bad = if hexval(a).is_none() && a != b'?' {
+                i
+            } else {
+                i + 1
+            };
             Err(LineError::new(
                 bad,
                 ErrorCode::BadHex,
-                format!("{:?} is not a hex digit or '?'", char::from(*s.get(bad).unwrap_or(&b'?'))),
+                format!(
+                    "{:?} is not a hex digit or '?'",
+                    char::from(*s.get(bad).unwrap_or(&b'?'))
+                ),
             ))
         }
     }
@@ -527,22 +575,44 @@ fn parse_jump(body: &str, col: usize) -> Result<Gap, LineError> {
         u32::try_from(v)
             .ok()
             .filter(|v| *v <= MAX_JUMP)
-            .ok_or_else(|| LineError::new(c, ErrorCode::BadJump, format!("jump bound {v} exceeds {MAX_JUMP}")))
+            .ok_or_else(|| {
+                LineError::new(
+                    c,
+                    ErrorCode::BadJump,
+                    format!("jump bound {v} exceeds {MAX_JUMP}"),
+                )
+            })
     };
     let gap = match body.split_once('-') {
         None => {
             let n = num(body, col)?;
-            Gap { min: n, max: Some(n) }
+            Gap {
+                min: n,
+                max: Some(n),
+            }
         }
-        Some(("", m)) => Gap { min: 0, max: Some(num(m, col + 1)?) },
-        Some((n, "")) => Gap { min: num(n, col)?, max: None },
+        Some(("", m)) => Gap {
+            min: 0,
+            max: Some(num(m, col + 1)?),
+        },
+        Some((n, "")) => Gap {
+            min: num(n, col)?,
+            max: None,
+        },
         Some((n, m)) => {
             let lo = num(n, col)?;
             let hi = num(m, col + n.len() + 1)?;
             if lo > hi {
-                return Err(LineError::new(col, ErrorCode::BadJump, format!("jump {{{lo}-{hi}}} has min above max")));
+                return Err(LineError::new(
+                    col,
+                    ErrorCode::BadJump,
+                    format!("jump {{{lo}-{hi}}} has min above max"),
+                ));
             }
-            Gap { min: lo, max: Some(hi) }
+            Gap {
+                min: lo,
+                max: Some(hi),
+            }
         }
     };
     Ok(gap)
@@ -551,7 +621,11 @@ fn parse_jump(body: &str, col: usize) -> Result<Gap, LineError> {
 fn parse_hex(hex: &str) -> Result<HexOutcome, LineError> {
     let s = hex.as_bytes();
     if s.is_empty() {
-        return Err(LineError::new(0, ErrorCode::BadPattern, "empty hex signature"));
+        return Err(LineError::new(
+            0,
+            ErrorCode::BadPattern,
+            "empty hex signature",
+        ));
     }
     let mut items: Vec<Item> = Vec::new();
     let mut i = 0;
@@ -563,12 +637,25 @@ fn parse_hex(hex: &str) -> Result<HexOutcome, LineError> {
             }
             b'{' | b'[' => {
                 let close = if c == b'{' { b'}' } else { b']' };
-                let Some(end) = s[i + 1..].iter().position(|&x| x == close).map(|p| p + i + 1) else {
-                    return Err(LineError::new(i, ErrorCode::Unbalanced, format!("'{}' is never closed", char::from(c))));
+                let Some(end) = s
+                    .iter()
+                    .skip(i + 1)
+                    .position(|&x| x == close)
+                    .map(|p| p + i + 1)
+                else {
+                    return Err(LineError::new(
+                        i,
+                        ErrorCode::Unbalanced,
+                        format!("'{}' is never closed", char::from(c)),
+                    ));
                 };
                 let body = &hex[i + 1..end];
                 if body.contains(['{', '[', '(', ')', '*']) {
-                    return Err(LineError::new(i, ErrorCode::Unbalanced, "nested or unclosed jump"));
+                    return Err(LineError::new(
+                        i,
+                        ErrorCode::Unbalanced,
+                        "nested or unclosed jump",
+                    ));
                 }
                 if c == b'[' && !body.contains('-') {
                     return Err(LineError::new(i, ErrorCode::BadJump, "[x-y] needs a range"));
@@ -577,32 +664,61 @@ fn parse_hex(hex: &str) -> Result<HexOutcome, LineError> {
                 i = end + 1;
             }
             b'}' | b']' | b')' | b'|' => {
-                return Err(LineError::new(i, ErrorCode::Unbalanced, format!("unexpected '{}'", char::from(c))));
+                return Err(LineError::new(
+                    i,
+                    ErrorCode::Unbalanced,
+                    format!("unexpected '{}'", char::from(c)),
+                ));
             }
             b'!' | b'(' => {
                 let negated = c == b'!';
                 let open = if negated { i + 1 } else { i };
                 if s.get(open) != Some(&b'(') {
-                    return Err(LineError::new(i, ErrorCode::BadHex, "'!' must be followed by '('"));
+                    return Err(LineError::new(
+                        i,
+                        ErrorCode::BadHex,
+                        "'!' must be followed by '('",
+                    ));
                 }
-                let Some(end) = s[open + 1..].iter().position(|&x| x == b')').map(|p| p + open + 1) else {
-                    return Err(LineError::new(open, ErrorCode::Unbalanced, "'(' is never closed"));
+                let Some(end) = s
+                    .iter()
+                    .skip(open + 1)
+                    .position(|&x| x == b')')
+                    .map(|p| p + open + 1)
+                else {
+                    return Err(LineError::new(
+                        open,
+                        ErrorCode::Unbalanced,
+                        "'(' is never closed",
+                    ));
                 };
-                let body = &s[open + 1..end];
+                let body = s.get(open + 1..end).unwrap_or(&[]);
                 if matches!(body, b"B" | b"L" | b"W") {
-                    return Ok(HexOutcome::Unsupported("body signatures with (B)/(L)/(W) anchors"));
+                    return Ok(HexOutcome::Unsupported(
+                        "body signatures with (B)/(L)/(W) anchors",
+                    ));
                 }
                 if body.contains(&b'(') {
-                    return Err(LineError::new(open, ErrorCode::Unbalanced, "nested '(' in alternatives"));
+                    return Err(LineError::new(
+                        open,
+                        ErrorCode::Unbalanced,
+                        "nested '(' in alternatives",
+                    ));
                 }
                 let mut members = Vec::new();
                 let mut start = open + 1;
                 for part in body.split(|&x| x == b'|') {
                     if part.is_empty() {
-                        return Err(LineError::new(start, ErrorCode::BadPattern, "empty alternative"));
+                        return Err(LineError::new(
+                            start,
+                            ErrorCode::BadPattern,
+                            "empty alternative",
+                        ));
                     }
                     if part.iter().any(|&x| matches!(x, b'*' | b'{' | b'[')) {
-                        return Ok(HexOutcome::Unsupported("body signatures with jumps inside alternatives"));
+                        return Ok(HexOutcome::Unsupported(
+                            "body signatures with jumps inside alternatives",
+                        ));
                     }
                     let mut m = Vec::with_capacity(part.len() / 2);
                     let mut j = 0;
@@ -613,8 +729,16 @@ fn parse_hex(hex: &str) -> Result<HexOutcome, LineError> {
                     members.push(m);
                     start += part.len() + 1;
                 }
-                if negated && members.iter().any(|m| m.len() != members.first().map_or(0, Vec::len)) {
-                    return Err(LineError::new(i, ErrorCode::BadPattern, "negated alternatives must all have the same length"));
+                if negated
+                    && members
+                        .iter()
+                        .any(|m| m.len() != members.first().map_or(0, Vec::len))
+                {
+                    return Err(LineError::new(
+                        i,
+                        ErrorCode::BadPattern,
+                        "negated alternatives must all have the same length",
+                    ));
                 }
                 items.push(Item::Alt(members, negated));
                 i = end + 1;
@@ -631,7 +755,10 @@ fn parse_hex(hex: &str) -> Result<HexOutcome, LineError> {
     for item in items {
         match item {
             Item::Alt(members, negated)
-                if !negated && members.iter().any(|m| m.len() != members.first().map_or(0, Vec::len)) =>
+                if !negated
+                    && members
+                        .iter()
+                        .any(|m| m.len() != members.first().map_or(0, Vec::len)) =>
             {
                 if lists.len().saturating_mul(members.len()) > MAX_EXPANSION {
                     return Ok(HexOutcome::Unsupported(
@@ -674,7 +801,11 @@ fn segment(items: Vec<Item>) -> Result<Pattern, LineError> {
         if !matches!(item, Item::Gap(_)) {
             if let Some(g) = pending_gap.take() {
                 if toks.is_empty() && lit.is_empty() && segs.is_empty() {
-                    return Err(LineError::new(0, ErrorCode::BadPattern, "a signature cannot start with a jump"));
+                    return Err(LineError::new(
+                        0,
+                        ErrorCode::BadPattern,
+                        "a signature cannot start with a jump",
+                    ));
                 }
                 flush_lit(&mut toks, &mut lit);
                 segs.push(Segment::new(std::mem::take(&mut toks)));
@@ -685,7 +816,10 @@ fn segment(items: Vec<Item>) -> Result<Pattern, LineError> {
             Item::Byte(v, 0xff) => lit.push(v),
             Item::Byte(v, m) => {
                 flush_lit(&mut toks, &mut lit);
-                toks.push(Tok::Masked { value: v & m, mask: m });
+                toks.push(Tok::Masked {
+                    value: v & m,
+                    mask: m,
+                });
             }
             Item::Alt(members, negated) => {
                 flush_lit(&mut toks, &mut lit);
@@ -703,7 +837,11 @@ fn segment(items: Vec<Item>) -> Result<Pattern, LineError> {
                 } else {
                     let members = members
                         .into_iter()
-                        .map(|m| m.into_iter().map(|(v, mk)| (v & mk, mk)).collect::<Box<[_]>>())
+                        .map(|m| {
+                            m.into_iter()
+                                .map(|(v, mk)| (v & mk, mk))
+                                .collect::<Box<[_]>>()
+                        })
                         .collect();
                     toks.push(Tok::Alt { members, negated });
                 }
@@ -713,18 +851,29 @@ fn segment(items: Vec<Item>) -> Result<Pattern, LineError> {
                     None => g,
                     Some(p) => Gap {
                         min: p.min.saturating_add(g.min).min(MAX_JUMP),
-                        max: p.max.zip(g.max).map(|(a, b)| a.saturating_add(b).min(MAX_JUMP)),
+                        max: p
+                            .max
+                            .zip(g.max)
+                            .map(|(a, b)| a.saturating_add(b).min(MAX_JUMP)),
                     },
                 });
             }
         }
     }
     if pending_gap.is_some() {
-        return Err(LineError::new(0, ErrorCode::BadPattern, "a signature cannot end with a jump"));
+        return Err(LineError::new(
+            0,
+            ErrorCode::BadPattern,
+            "a signature cannot end with a jump",
+        ));
     }
     flush_lit(&mut toks, &mut lit);
     if toks.is_empty() {
-        return Err(LineError::new(0, ErrorCode::BadPattern, "empty hex signature"));
+        return Err(LineError::new(
+            0,
+            ErrorCode::BadPattern,
+            "empty hex signature",
+        ));
     }
     segs.push(Segment::new(toks));
     Ok(Pattern { segs, gaps })
@@ -734,7 +883,12 @@ fn segment(items: Vec<Item>) -> Result<Pattern, LineError> {
 pub fn parse_pattern(hex: &str) -> Result<Vec<Pattern>, crate::ParseError> {
     match parse_hex(hex) {
         Ok(HexOutcome::Patterns(p)) => Ok(p),
-        Ok(HexOutcome::Unsupported(why)) => Err(LineError::new(0, ErrorCode::BadPattern, format!("unsupported: {why}")).at("<pattern>", 1)),
+        Ok(HexOutcome::Unsupported(why)) => {
+            Err(
+                LineError::new(0, ErrorCode::BadPattern, format!("unsupported: {why}"))
+                    .at("<pattern>", 1),
+            )
+        }
         Err(e) => Err(e.at("<pattern>", 1)),
     }
 }

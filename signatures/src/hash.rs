@@ -33,6 +33,10 @@ impl HashKind {
             HashKind::Sha256 => 32,
         }
     }
+    /// Always false: a digest has bytes.
+    pub fn is_empty(self) -> bool {
+        false
+    }
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
@@ -55,31 +59,49 @@ pub(crate) struct HashLine {
 /// Check a signature name: non-empty, printable ASCII, no `:`.
 pub(crate) fn check_name(name: &str) -> Result<(), LineError> {
     if name.is_empty() {
-        return Err(LineError::new(0, ErrorCode::BadName, "empty signature name"));
+        return Err(LineError::new(
+            0,
+            ErrorCode::BadName,
+            "empty signature name",
+        ));
     }
     if let Some(p) = name.bytes().position(|b| !(0x21..0x7f).contains(&b)) {
-        return Err(LineError::new(p, ErrorCode::BadName, "signature names are printable ASCII without spaces"));
+        return Err(LineError::new(
+            p,
+            ErrorCode::BadName,
+            "signature names are printable ASCII without spaces",
+        ));
     }
     Ok(())
 }
 
 /// Parse optional `MinFL`/`MaxFL` fields starting at field index `first`.
 /// `Ok(Some(reason))` when this engine's level is outside the range (a valid line, skipped).
-pub(crate) fn parse_flevel(fields: &[(usize, &str)], first: usize, ours: Flevel) -> Result<Option<&'static str>, LineError> {
+pub(crate) fn parse_flevel(
+    fields: &[(usize, &str)],
+    first: usize,
+    ours: Flevel,
+) -> Result<Option<&'static str>, LineError> {
     let mut bounds = [None, None];
     for (k, slot) in bounds.iter_mut().enumerate() {
         if let Some(&(col, t)) = fields.get(first + k) {
             if t.is_empty() {
                 continue;
             }
-            let v = t
-                .parse::<u32>()
-                .map_err(|_| LineError::new(col, ErrorCode::BadFlevel, format!("functionality level {t:?} is not a number")))?;
+            let v = t.parse::<u32>().map_err(|_| {
+                LineError::new(
+                    col,
+                    ErrorCode::BadFlevel,
+                    format!("functionality level {t:?} is not a number"),
+                )
+            })?;
             *slot = Some(v);
         }
     }
     if bounds[0].is_some_and(|min| min > ours) {
-        return Ok(Some("signatures that need a newer engine (MinFL above 212)"));
+        return Ok(Some(
+            "signatures that need a newer engine (MinFL above 212)",
+        ));
     }
     if bounds[1].is_some_and(|max| max < ours) {
         return Ok(Some("signatures for older engines only (MaxFL below 212)"));
@@ -90,7 +112,11 @@ pub(crate) fn parse_flevel(fields: &[(usize, &str)], first: usize, ours: Flevel)
 fn unhex(s: &[u8], out: &mut [u8]) -> Result<(), usize> {
     for (i, o) in out.iter_mut().enumerate() {
         let hi = s.get(2 * i).copied().and_then(hexval).ok_or(2 * i)?;
-        let lo = s.get(2 * i + 1).copied().and_then(hexval).ok_or(2 * i + 1)?;
+        let lo = s
+            .get(2 * i + 1)
+            .copied()
+            .and_then(hexval)
+            .ok_or(2 * i + 1)?;
         *o = (hi << 4) | lo;
     }
     Ok(())
@@ -113,19 +139,31 @@ pub(crate) fn parse_hash_line(line: &[u8], md5_only: bool) -> Result<Parsed<Hash
     let mut n = 1;
     for (i, &b) in line.iter().enumerate() {
         if b == b':' {
-            if n == cols.len() {
-                return Err(LineError::new(i, ErrorCode::FieldCount, "too many ':'-separated fields (expected Hash:Size:Name[:MinFL[:MaxFL]])"));
-            }
-            cols[n] = i + 1;
+            let Some(slot) = cols.get_mut(n) else {
+                return Err(LineError::new(
+                    i,
+                    ErrorCode::FieldCount,
+                    "too many ':'-separated fields (expected Hash:Size:Name[:MinFL[:MaxFL]])",
+                ));
+            };
+            *slot = i + 1;
             n += 1;
         }
     }
     if n < 3 {
-        return Err(LineError::new(0, ErrorCode::FieldCount, format!("expected Hash:Size:Name, found {n} field(s)")));
+        return Err(LineError::new(
+            0,
+            ErrorCode::FieldCount,
+            format!("expected Hash:Size:Name, found {n} field(s)"),
+        ));
     }
     let field = |k: usize| -> &[u8] {
         let start = cols.get(k).copied().unwrap_or(line.len());
-        let end = if k + 1 < n { cols.get(k + 1).map_or(line.len(), |c| c - 1) } else { line.len() };
+        let end = if k + 1 < n {
+            cols.get(k + 1).map_or(line.len(), |c| c - 1)
+        } else {
+            line.len()
+        };
         line.get(start..end).unwrap_or(&[])
     };
     let hash = field(0);
@@ -134,35 +172,61 @@ pub(crate) fn parse_hash_line(line: &[u8], md5_only: bool) -> Result<Parsed<Hash
         40 if !md5_only => HashKind::Sha1,
         64 if !md5_only => HashKind::Sha256,
         l => {
-            let expect = if md5_only { "32 hex digits (MD5)" } else { "32, 40 or 64 hex digits (MD5, SHA-1, SHA-256)" };
-            return Err(LineError::new(0, ErrorCode::BadHash, format!("hash has {l} characters, expected {expect}")));
+            let expect = if md5_only {
+                "32 hex digits (MD5)"
+            } else {
+                "32, 40 or 64 hex digits (MD5, SHA-1, SHA-256)"
+            };
+            return Err(LineError::new(
+                0,
+                ErrorCode::BadHash,
+                format!("hash has {l} characters, expected {expect}"),
+            ));
         }
     };
     let mut digest = [0u8; 32];
-    unhex(hash, &mut digest[..kind.len()])
+    unhex(hash, digest.get_mut(..kind.len()).unwrap_or(&mut []))
         .map_err(|p| LineError::new(p, ErrorCode::BadHash, "hash is not hexadecimal"))?;
     let size_f = field(1);
     let size = if size_f == b"*" {
         None
     } else {
         let ok = !size_f.is_empty() && size_f.len() <= 20 && size_f.iter().all(u8::is_ascii_digit);
-        let v = std::str::from_utf8(size_f).ok().filter(|_| ok).and_then(|s| s.parse::<u64>().ok());
+        let v = std::str::from_utf8(size_f)
+            .ok()
+            .filter(|_| ok)
+            .and_then(|s| s.parse::<u64>().ok());
         match v.map(u32::try_from) {
             Some(Ok(v)) => Some(v),
             Some(Err(_)) => {
-                return Err(LineError::new(cols[1], ErrorCode::BadSize, "file size is above 4 GiB, the largest file this engine hashes"));
+                return Err(LineError::new(
+                    cols[1],
+                    ErrorCode::BadSize,
+                    "file size is above 4 GiB, the largest file this engine hashes",
+                ));
             }
             None => {
-                return Err(LineError::new(cols[1], ErrorCode::BadSize, "file size is not a decimal number or '*'"));
+                return Err(LineError::new(
+                    cols[1],
+                    ErrorCode::BadSize,
+                    "file size is not a decimal number or '*'",
+                ));
             }
         }
     };
     let name_b = field(2);
-    let name = std::str::from_utf8(name_b)
-        .map_err(|e| LineError::new(cols[2] + e.valid_up_to(), ErrorCode::NotUtf8, "signature name is not ASCII"))?;
+    let name = std::str::from_utf8(name_b).map_err(|e| {
+        LineError::new(
+            cols[2] + e.valid_up_to(),
+            ErrorCode::NotUtf8,
+            "signature name is not ASCII",
+        )
+    })?;
     check_name(name).map_err(|e| e.shifted(cols[2]))?;
     if n > 3 {
-        let text = std::str::from_utf8(line).map_err(|e| LineError::new(e.valid_up_to(), ErrorCode::NotUtf8, "line is not ASCII"))?;
+        let text = std::str::from_utf8(line).map_err(|e| {
+            LineError::new(e.valid_up_to(), ErrorCode::NotUtf8, "line is not ASCII")
+        })?;
         let fields: Vec<(usize, &str)> = crate::body::split_fields(text);
         if let Some(skip) = parse_flevel(&fields, 3, FLEVEL)? {
             return Ok(Parsed::Skip(skip));
@@ -229,7 +293,11 @@ impl<const N: usize> HashTable<N> {
         hash.copy_from_slice(digest.get(..N).unwrap_or(&[0; N][..]));
         match size {
             Some(size) => self.sized.push(Entry { size, hash, name }),
-            None => self.any_size.push(Entry { size: 0, hash, name }),
+            None => self.any_size.push(Entry {
+                size: 0,
+                hash,
+                name,
+            }),
         }
     }
     fn finish(&mut self) {
@@ -271,10 +339,24 @@ impl<const N: usize> HashTable<N> {
         if let Ok(size) = u32::try_from(size) {
             let key = (size, digest);
             let i = self.sized.partition_point(|e| (e.size, &e.hash) < key);
-            out.extend(self.sized[i..].iter().take_while(|e| e.size == size && &e.hash == digest).map(|e| e.name));
+            out.extend(
+                self.sized
+                    .get(i..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .take_while(|e| e.size == size && &e.hash == digest)
+                    .map(|e| e.name),
+            );
         }
         let i = self.any_size.partition_point(|e| &e.hash < digest);
-        out.extend(self.any_size[i..].iter().take_while(|e| &e.hash == digest).map(|e| e.name));
+        out.extend(
+            self.any_size
+                .get(i..)
+                .unwrap_or(&[])
+                .iter()
+                .take_while(|e| &e.hash == digest)
+                .map(|e| e.name),
+        );
         out
     }
     /// Heap bytes used.
@@ -329,7 +411,11 @@ impl HashTables {
     }
     /// Which algorithms a file of `size` bytes must be hashed with.
     pub fn wanted(&self, size: u64) -> [bool; 3] {
-        [self.md5.wants_size(size), self.sha1.wants_size(size), self.sha256.wants_size(size)]
+        [
+            self.md5.wants_size(size),
+            self.sha1.wants_size(size),
+            self.sha256.wants_size(size),
+        ]
     }
     /// Heap bytes used.
     pub fn heap_bytes(&self) -> usize {

@@ -44,7 +44,9 @@ mod lines;
 mod loader;
 mod set;
 
-pub use body::{parse_pattern, BodySig, ByteSet, Gap, Offset, Pattern, Segment, Target, Tok, MAX_ATOM, MAX_JUMP};
+pub use body::{
+    parse_pattern, BodySig, ByteSet, Gap, Offset, Pattern, Segment, Target, Tok, MAX_ATOM, MAX_JUMP,
+};
 pub use error::{ErrorCode, LoadError, ParseError};
 pub use hash::{HashKind, HashTable, HashTables, FLEVEL};
 pub use loader::{LoadOptions, Loader, MAX_CONTAINER_BYTES};

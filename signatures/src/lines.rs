@@ -23,11 +23,18 @@ const BLOCK: usize = 8 << 20;
 const PIECE: usize = 256 << 10;
 
 type Outcome<T> = Result<Parsed<T>, LineError>;
+/// Parsed lines of one piece: (line number in piece, line start, line end, outcome).
+type PieceLines<T> = Vec<(u64, usize, usize, Outcome<T>)>;
 
 /// Parse every non-empty, non-comment line of `reader` with `parse`, in parallel, and feed the
 /// results to `sink(line_bytes, line_number, outcome)` in order. `on_block` sees every raw block
 /// (for digests).
-pub(crate) fn parse_lines<T, P, S, B>(mut reader: impl Read, parse: P, mut sink: S, mut on_block: B) -> io::Result<()>
+pub(crate) fn parse_lines<T, P, S, B>(
+    mut reader: impl Read,
+    parse: P,
+    mut sink: S,
+    mut on_block: B,
+) -> io::Result<()>
 where
     T: Send,
     P: Fn(&[u8]) -> Outcome<T> + Sync,
@@ -46,7 +53,9 @@ where
         let mut filled = 0;
         while filled < want {
             let old = buf.len();
-            let n = (&mut reader).take((want - filled) as u64).read_to_end(&mut buf)?;
+            let n = (&mut reader)
+                .take((want - filled) as u64)
+                .read_to_end(&mut buf)?;
             debug_assert_eq!(buf.len(), old + n);
             if n == 0 {
                 eof = true;
@@ -64,7 +73,15 @@ where
                     if buf.len() >= MAX_LINE {
                         if !skipping_long {
                             line_no += 1;
-                            sink(&[], line_no, Err(LineError::new(0, ErrorCode::LineTooLong, format!("line longer than {MAX_LINE} bytes"))));
+                            sink(
+                                &[],
+                                line_no,
+                                Err(LineError::new(
+                                    0,
+                                    ErrorCode::LineTooLong,
+                                    format!("line longer than {MAX_LINE} bytes"),
+                                )),
+                            );
                             skipping_long = true;
                         }
                         buf.clear();
@@ -101,18 +118,20 @@ where
         let end = if tentative == body.len() {
             tentative
         } else {
-            memchr::memchr(b'\n', body.get(tentative..).unwrap_or(&[])).map_or(body.len(), |p| tentative + p + 1)
+            memchr::memchr(b'\n', body.get(tentative..).unwrap_or(&[]))
+                .map_or(body.len(), |p| tentative + p + 1)
         };
         pieces.push((start, end));
         start = end;
     }
-    let run = |&(s, e): &(usize, usize)| -> (u64, Vec<(u64, usize, usize, Outcome<T>)>) {
+    let run = |&(s, e): &(usize, usize)| -> (u64, PieceLines<T>) {
         let piece = body.get(s..e).unwrap_or(&[]);
         let mut out = Vec::new();
         let mut n: u64 = 0;
         let mut pos = 0;
         while pos < piece.len() {
-            let end = memchr::memchr(b'\n', piece.get(pos..).unwrap_or(&[])).map_or(piece.len(), |p| pos + p);
+            let end = memchr::memchr(b'\n', piece.get(pos..).unwrap_or(&[]))
+                .map_or(piece.len(), |p| pos + p);
             n += 1;
             let mut line = piece.get(pos..end).unwrap_or(&[]);
             if let [rest @ .., b'\r'] = line {
@@ -121,7 +140,16 @@ where
             let trimmed = line.trim_ascii();
             if !trimmed.is_empty() && !trimmed.starts_with(b"#") {
                 if line.len() > MAX_LINE {
-                    out.push((n, s + pos, s + pos, Err(LineError::new(0, ErrorCode::LineTooLong, format!("line longer than {MAX_LINE} bytes")))));
+                    out.push((
+                        n,
+                        s + pos,
+                        s + pos,
+                        Err(LineError::new(
+                            0,
+                            ErrorCode::LineTooLong,
+                            format!("line longer than {MAX_LINE} bytes"),
+                        )),
+                    ));
                 } else {
                     out.push((n, s + pos, s + pos + line.len(), parse(line)));
                 }
@@ -130,7 +158,7 @@ where
         }
         (n, out)
     };
-    let results: Vec<(u64, Vec<_>)> = if pieces.len() > 1 {
+    let results: Vec<(u64, PieceLines<T>)> = if pieces.len() > 1 {
         pieces.par_iter().map(run).collect()
     } else {
         pieces.iter().map(run).collect()

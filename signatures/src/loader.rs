@@ -36,9 +36,13 @@ impl LoadOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DbKind {
     /// `.hdb` (MD5 only) or `.hsb`.
-    Hash { md5_only: bool },
+    Hash {
+        md5_only: bool,
+    },
     /// `.fp` (MD5 only) or `.sfp`.
-    Allow { md5_only: bool },
+    Allow {
+        md5_only: bool,
+    },
     Ign2,
     Ndb,
     Yara,
@@ -135,7 +139,10 @@ impl Loader {
 
     /// Add a file, or every database file in a directory (not recursive, like ClamAV).
     pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
-        let io_err = |source| LoadError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io_err)?;
         if meta.is_dir() {
             let mut entries: Vec<_> = std::fs::read_dir(path)
@@ -154,7 +161,10 @@ impl Loader {
             }
             Ok(())
         } else {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if kind_of(&name).is_none() {
                 self.errors.push(LineError::new(0, ErrorCode::BadContainer, "not a supported signature file type (.hdb .hsb .fp .sfp .ign2 .ndb .yar .cvd .cld …)").at(&path.display().to_string(), 0));
                 return Ok(());
@@ -164,23 +174,39 @@ impl Loader {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<(), LoadError> {
-        let file = File::open(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let name = path.display().to_string();
         let hint = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.add_reader(&name, &mut BufReader::with_capacity(1 << 16, file), hint)
-            .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })
+            .map_err(|source| LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 
     /// Add signatures from memory; `name`'s extension selects the format.
     pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), LoadError> {
         self.add_reader(name, &mut { data }, data.len() as u64)
-            .map_err(|source| LoadError::Io { path: name.into(), source })
+            .map_err(|source| LoadError::Io {
+                path: name.into(),
+                source,
+            })
     }
 
     fn add_reader(&mut self, name: &str, reader: &mut dyn Read, size_hint: u64) -> io::Result<()> {
         let base = name.rsplit(['/', '\\', ':']).next().unwrap_or(name);
         let Some(kind) = kind_of(base) else {
-            self.errors.push(LineError::new(0, ErrorCode::BadContainer, "not a supported signature file type").at(name, 0));
+            self.errors.push(
+                LineError::new(
+                    0,
+                    ErrorCode::BadContainer,
+                    "not a supported signature file type",
+                )
+                .at(name, 0),
+            );
             return Ok(());
         };
         self.sources.push(name.to_owned());
@@ -227,15 +253,39 @@ impl Loader {
         Ok(n)
     }
 
-    fn load_hashes(&mut self, source: &str, reader: impl Read, md5_only: bool, allow: bool, size_hint: u64) -> io::Result<()> {
+    fn load_hashes(
+        &mut self,
+        source: &str,
+        reader: impl Read,
+        md5_only: bool,
+        allow: bool,
+        size_hint: u64,
+    ) -> io::Result<()> {
         // Reserve once from the file size (a SHA-256 line is at least ~70 bytes) so that
         // millions of entries never go through doubling reallocations.
         if size_hint > 1 << 20 && !allow {
             let est = usize::try_from(size_hint / 72).unwrap_or(0);
-            self.hashes.reserve(if md5_only { HashKind::Md5 } else { HashKind::Sha256 }, est);
-            self.names.reserve(usize::try_from(size_hint / 5).unwrap_or(0));
+            self.hashes.reserve(
+                if md5_only {
+                    HashKind::Md5
+                } else {
+                    HashKind::Sha256
+                },
+                est,
+            );
+            self.names
+                .reserve(usize::try_from(size_hint / 5).unwrap_or(0));
         }
-        let Self { names, hashes, allow: allow_t, errors, skipped, counts, digest, .. } = self;
+        let Self {
+            names,
+            hashes,
+            allow: allow_t,
+            errors,
+            skipped,
+            counts,
+            digest,
+            ..
+        } = self;
         let table = if allow { allow_t } else { hashes };
         let mut arena_full = false;
         parse_lines(
@@ -243,7 +293,10 @@ impl Loader {
             |line| parse_hash_line(line, md5_only),
             |line, no, outcome| match outcome {
                 Ok(Parsed::Sig(h)) => {
-                    let name = line.get(h.name.0..h.name.1).and_then(|n| std::str::from_utf8(n).ok()).unwrap_or("");
+                    let name = line
+                        .get(h.name.0..h.name.1)
+                        .and_then(|n| std::str::from_utf8(n).ok())
+                        .unwrap_or("");
                     let Some(id) = names.push(name) else {
                         arena_full = true;
                         return;
@@ -275,7 +328,14 @@ impl Loader {
     }
 
     fn load_ndb(&mut self, source: &str, reader: impl Read) -> io::Result<()> {
-        let Self { bodies, errors, skipped, counts, digest, .. } = self;
+        let Self {
+            bodies,
+            errors,
+            skipped,
+            counts,
+            digest,
+            ..
+        } = self;
         parse_lines(
             reader,
             |line| parse_ndb_line(line, FLEVEL),
@@ -294,12 +354,23 @@ impl Loader {
     }
 
     fn load_ign2(&mut self, source: &str, reader: impl Read) -> io::Result<()> {
-        let Self { ignored, errors, counts, digest, .. } = self;
+        let Self {
+            ignored,
+            errors,
+            counts,
+            digest,
+            ..
+        } = self;
         parse_lines(
             reader,
             |line| {
-                let text = std::str::from_utf8(line)
-                    .map_err(|e| LineError::new(e.valid_up_to(), ErrorCode::NotUtf8, "ignore entry is not ASCII"))?;
+                let text = std::str::from_utf8(line).map_err(|e| {
+                    LineError::new(
+                        e.valid_up_to(),
+                        ErrorCode::NotUtf8,
+                        "ignore entry is not ASCII",
+                    )
+                })?;
                 // `Name` or `Name:md5-of-the-signature-line`; the name decides.
                 let name = text.split(':').next().unwrap_or("").trim();
                 crate::hash::check_name(name)?;
@@ -322,9 +393,15 @@ impl Loader {
 
     fn load_yara(&mut self, source: &str, mut reader: impl Read) -> io::Result<()> {
         let mut text = Vec::new();
-        reader.by_ref().take(crate::lines::MAX_LINE as u64 * 64).read_to_end(&mut text)?;
+        reader
+            .by_ref()
+            .take(crate::lines::MAX_LINE as u64 * 64)
+            .read_to_end(&mut text)?;
         if reader.read(&mut [0u8; 1])? != 0 {
-            self.errors.push(LineError::new(0, ErrorCode::LineTooLong, "YARA source larger than 64 MiB").at(source, 0));
+            self.errors.push(
+                LineError::new(0, ErrorCode::LineTooLong, "YARA source larger than 64 MiB")
+                    .at(source, 0),
+            );
             return Ok(());
         }
         self.digest.update(&text);
@@ -357,25 +434,50 @@ impl Loader {
     fn load_container(&mut self, source: &str, reader: &mut dyn Read) -> io::Result<()> {
         let mut header = [0u8; 512];
         if let Err(e) = reader.read_exact(&mut header) {
-            self.errors.push(LineError::new(0, ErrorCode::BadContainer, format!("truncated container header: {e}")).at(source, 1));
+            self.errors.push(
+                LineError::new(
+                    0,
+                    ErrorCode::BadContainer,
+                    format!("truncated container header: {e}"),
+                )
+                .at(source, 1),
+            );
             return Ok(());
         }
         self.digest.update(&header);
         if !header.starts_with(b"ClamAV-VDB:") {
-            self.errors.push(LineError::new(0, ErrorCode::BadContainer, "not a ClamAV container: the header does not start with \"ClamAV-VDB:\"").at(source, 1));
+            self.errors.push(
+                LineError::new(
+                    0,
+                    ErrorCode::BadContainer,
+                    "not a ClamAV container: the header does not start with \"ClamAV-VDB:\"",
+                )
+                .at(source, 1),
+            );
             return Ok(());
         }
         let text = String::from_utf8_lossy(&header);
         let fields: Vec<&str> = text.trim_end_matches([' ', '\0']).split(':').collect();
         // ClamAV-VDB:time:version:sigs:flevel:md5:dsig:builder:stime
-        let expected_md5 = fields.get(5).filter(|m| m.len() == 32).map(|m| m.to_ascii_lowercase());
+        let expected_md5 = fields
+            .get(5)
+            .filter(|m| m.len() == 32)
+            .map(|m| m.to_ascii_lowercase());
         if let Some(fl) = fields.get(4).and_then(|f| f.parse::<u32>().ok()) {
             if fl > FLEVEL {
-                tracing::info!(source, flevel = fl, "container built for a newer engine; loading the kinds this engine supports");
+                tracing::info!(
+                    source,
+                    flevel = fl,
+                    "container built for a newer engine; loading the kinds this engine supports"
+                );
             }
         }
         // Read the body through a byte cap (decompression bombs) while digesting it.
-        let mut counting = CapReader { inner: reader, left: MAX_CONTAINER_BYTES, md5: md5_ctx() };
+        let mut counting = CapReader {
+            inner: reader,
+            left: MAX_CONTAINER_BYTES,
+            md5: md5_ctx(),
+        };
         let mut magic = [0u8; 2];
         let got = read_full(&mut counting, &mut magic)?;
         let head = magic.get(..got).unwrap_or(&[]).to_vec();
@@ -383,13 +485,29 @@ impl Loader {
         let gz = head == [0x1f, 0x8b];
         let result = if gz {
             let dec = flate2::read::GzDecoder::new(chained);
-            let capped = Capped { inner: dec, left: MAX_CONTAINER_BYTES };
+            let capped = Capped {
+                inner: dec,
+                left: MAX_CONTAINER_BYTES,
+            };
             self.load_tar(source, capped)
         } else {
-            self.load_tar(source, Capped { inner: chained, left: MAX_CONTAINER_BYTES })
+            self.load_tar(
+                source,
+                Capped {
+                    inner: chained,
+                    left: MAX_CONTAINER_BYTES,
+                },
+            )
         };
         if let Err(e) = result {
-            self.errors.push(LineError::new(0, ErrorCode::BadContainer, format!("corrupt container body: {e}")).at(source, 1));
+            self.errors.push(
+                LineError::new(
+                    0,
+                    ErrorCode::BadContainer,
+                    format!("corrupt container body: {e}"),
+                )
+                .at(source, 1),
+            );
             return Ok(());
         }
         // Drain the rest so the MD5 covers the whole body.
@@ -397,7 +515,14 @@ impl Loader {
         if let Some(expected) = expected_md5 {
             let got = md5_hex(&counting.md5);
             if got != expected && source.to_ascii_lowercase().ends_with(".cvd") {
-                self.errors.push(LineError::new(0, ErrorCode::BadContainer, format!("container MD5 mismatch: header says {expected}, body is {got}")).at(source, 1));
+                self.errors.push(
+                    LineError::new(
+                        0,
+                        ErrorCode::BadContainer,
+                        format!("container MD5 mismatch: header says {expected}, body is {got}"),
+                    )
+                    .at(source, 1),
+                );
             }
         }
         Ok(())
@@ -436,7 +561,9 @@ impl Loader {
     pub fn build(mut self) -> Result<SignatureSet, LoadError> {
         let invalid = self.errors.len() as u64;
         if invalid > 0 && !self.opts.skip_invalid {
-            return Err(LoadError::Invalid { errors: self.errors });
+            return Err(LoadError::Invalid {
+                errors: self.errors,
+            });
         }
         for e in &self.errors {
             tracing::warn!("skipped: {e}");
@@ -465,7 +592,11 @@ impl Loader {
             self.counts.yara = rules.iter().count() as u64;
         }
         if self.counts.detection_total() == 0 {
-            return Err(LoadError::Empty(if self.sources.is_empty() { "no sources".into() } else { self.sources.join(", ") }));
+            return Err(LoadError::Empty(if self.sources.is_empty() {
+                "no sources".into()
+            } else {
+                self.sources.join(", ")
+            }));
         }
         Ok(SignatureSet {
             names: self.names,
@@ -511,10 +642,11 @@ struct Capped<R> {
 impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.left = self
-            .left
-            .checked_sub(n as u64)
-            .ok_or_else(|| io::Error::other(format!("container expands beyond {MAX_CONTAINER_BYTES} bytes")))?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other(format!(
+                "container expands beyond {MAX_CONTAINER_BYTES} bytes"
+            ))
+        })?;
         Ok(n)
     }
 }

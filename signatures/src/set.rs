@@ -233,6 +233,9 @@ impl SignatureSet {
     }
     /// Approximate heap bytes held by the set (tables, names, automaton; not YARA).
     pub fn heap_bytes(&self) -> usize {
-        self.names.heap_bytes() + self.hashes.heap_bytes() + self.allow.heap_bytes() + self.bodies.automaton_bytes()
+        self.names.heap_bytes()
+            + self.hashes.heap_bytes()
+            + self.allow.heap_bytes()
+            + self.bodies.automaton_bytes()
     }
 }

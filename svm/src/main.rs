@@ -8,7 +8,11 @@ use std::time::Duration;
 use svm::scan::{load_set, ScanOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "svm", version, about = "Agentless antivirus for virtualized fleets")]
+#[command(
+    name = "svm",
+    version,
+    about = "Agentless antivirus for virtualized fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -81,7 +85,10 @@ enum SigsCmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SVM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SVM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -96,13 +103,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Scan(a) => {
-            let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let threads = a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let opts = ScanOptions {
                 databases: a.databases,
                 paths: a.paths,
                 json: a.json,
                 threads,
-                limits: scanner::Limits { max_file_size: a.max_filesize, max_scan_time: Duration::from_millis(a.max_scantime) },
+                limits: scanner::Limits {
+                    max_file_size: a.max_filesize,
+                    max_scan_time: Duration::from_millis(a.max_scantime),
+                },
                 exclude: a.exclude,
                 skip_invalid: a.skip_invalid,
                 follow_symlinks: a.follow_symlinks,
@@ -112,7 +124,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             svm::scan::run(&opts)
         }
-        Cmd::Sigs { cmd: SigsCmd::Info { databases, skip_invalid } } => {
+        Cmd::Sigs {
+            cmd:
+                SigsCmd::Info {
+                    databases,
+                    skip_invalid,
+                },
+        } => {
             let (set, load) = load_set(&databases, skip_invalid)?;
             let info = serde_json::json!({
                 "sources": set.sources(),

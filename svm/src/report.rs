@@ -76,7 +76,8 @@ impl Report {
         let bar = io::stderr().is_terminal().then(|| {
             let b = ProgressBar::new_spinner();
             b.set_style(
-                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             b.enable_steady_tick(Duration::from_millis(120));
             b
@@ -163,7 +164,12 @@ impl Report {
                 }
                 if let Some(bar) = &self.bar {
                     let t = &self.totals;
-                    bar.set_message(format!("{} files, {:.1} MiB, {} infected", t.files, mib(t.bytes), t.infected));
+                    bar.set_message(format!(
+                        "{} files, {:.1} MiB, {} infected",
+                        t.files,
+                        mib(t.bytes),
+                        t.infected
+                    ));
                 }
             }
         }
@@ -208,7 +214,11 @@ impl Report {
             } else if !self.no_summary {
                 writeln!(self.out, "\n----------- SCAN SUMMARY -----------")?;
                 writeln!(self.out, "Known viruses: {}", self.known)?;
-                writeln!(self.out, "Engine version: svm {}", env!("CARGO_PKG_VERSION"))?;
+                writeln!(
+                    self.out,
+                    "Engine version: svm {}",
+                    env!("CARGO_PKG_VERSION")
+                )?;
                 writeln!(self.out, "Scanned directories: {}", t.dirs)?;
                 writeln!(self.out, "Scanned files: {}", t.files - t.unscanned)?;
                 writeln!(self.out, "Infected files: {}", t.infected)?;
@@ -219,9 +229,18 @@ impl Report {
                     writeln!(self.out, "Excluded: {}", t.excluded)?;
                 }
                 writeln!(self.out, "Data scanned: {:.2} MB", mib(t.bytes))?;
-                writeln!(self.out, "Signature load time: {:.3} sec", self.load_time.as_secs_f64())?;
+                writeln!(
+                    self.out,
+                    "Signature load time: {:.3} sec",
+                    self.load_time.as_secs_f64()
+                )?;
                 let whole = elapsed.as_secs();
-                writeln!(self.out, "Time: {secs:.3} sec ({} m {} s)", whole / 60, whole % 60)?;
+                writeln!(
+                    self.out,
+                    "Time: {secs:.3} sec ({} m {} s)",
+                    whole / 60,
+                    whole % 60
+                )?;
                 writeln!(self.out, "Speed: {speed:.1} MB/s")?;
             }
             self.out.flush()

@@ -49,20 +49,29 @@ pub fn load_set(databases: &[PathBuf], skip_invalid: bool) -> Result<(SignatureS
         loader.add_default()?;
     }
     for db in databases {
-        loader.add_path(db).with_context(|| format!("loading signatures from {}", db.display()))?;
+        loader
+            .add_path(db)
+            .with_context(|| format!("loading signatures from {}", db.display()))?;
     }
     let set = loader.build()?;
     let elapsed = start.elapsed();
     let skipped: u64 = set.skipped().values().sum();
     if skipped > 0 {
-        let parts: Vec<String> = set.skipped().iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let parts: Vec<String> = set
+            .skipped()
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
         eprintln!(
             "warning: {skipped} valid signature line(s) of kinds not supported yet were not loaded ({})",
             parts.join("; ")
         );
     }
     if set.invalid_skipped() > 0 {
-        eprintln!("warning: {} malformed signature line(s) were skipped (--skip-invalid)", set.invalid_skipped());
+        eprintln!(
+            "warning: {} malformed signature line(s) were skipped (--skip-invalid)",
+            set.invalid_skipped()
+        );
     }
     Ok((set, elapsed))
 }
@@ -132,9 +141,24 @@ struct Walk<'a> {
     visited: Mutex<HashSet<(u64, u64)>>,
 }
 
-fn walk_all(opts: &ScanOptions, exclude: &GlobSet, threads: usize, work: &Sender<PathBuf>, events: &Sender<Event>) {
-    let w = Walk { opts, exclude, work, events, visited: Mutex::new(HashSet::new()) };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("svm-walk-{i}")).build();
+fn walk_all(
+    opts: &ScanOptions,
+    exclude: &GlobSet,
+    threads: usize,
+    work: &Sender<PathBuf>,
+    events: &Sender<Event>,
+) {
+    let w = Walk {
+        opts,
+        exclude,
+        work,
+        events,
+        visited: Mutex::new(HashSet::new()),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("svm-walk-{i}"))
+        .build();
     let w = &w;
     match pool {
         Ok(pool) => pool.scope(|scope| w.roots(scope)),
@@ -175,7 +199,10 @@ impl<'a> Walk<'a> {
         } else {
             // FIFOs, sockets and devices are reported; opening a FIFO could block forever.
             let what = describe(&ft);
-            let _ = self.events.send(Event::Skipped { path, reason: format!("not a regular file ({what})") });
+            let _ = self.events.send(Event::Skipped {
+                path,
+                reason: format!("not a regular file ({what})"),
+            });
         }
     }
 
@@ -204,13 +231,18 @@ impl<'a> Walk<'a> {
             if ft.is_symlink() {
                 if !self.opts.follow_symlinks {
                     if !excluded(self.exclude, &path) {
-                        let _ = self.events.send(Event::Skipped { path, reason: "symbolic link not followed (use --follow-symlinks)".into() });
+                        let _ = self.events.send(Event::Skipped {
+                            path,
+                            reason: "symbolic link not followed (use --follow-symlinks)".into(),
+                        });
                     }
                     continue;
                 }
                 match fs::metadata(&path) {
                     Ok(meta) => self.visit(scope, path, meta),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.error(path, "Broken symbolic link".into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        self.error(path, "Broken symbolic link".into())
+                    }
                     Err(e) => self.error(path, io_msg(&e)),
                 }
                 continue;

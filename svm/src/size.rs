@@ -9,8 +9,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4096, 512K, 100M or 2G"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4096, 512K, 100M or 2G"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

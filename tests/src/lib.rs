@@ -18,7 +18,11 @@ pub fn svm_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> -> target/<profile>/svm
-    let dir = exe.parent().and_then(|d| d.parent()).map(PathBuf::from).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let bin = dir.join("svm");
     assert!(
         bin.exists(),
@@ -34,7 +38,10 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    Command::new(svm_bin()).args(args).output().unwrap_or_else(|e| panic!("cannot run svm: {e}"))
+    Command::new(svm_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run svm: {e}"))
 }
 
 /// Exit code of a finished run (-1 if killed by a signal).

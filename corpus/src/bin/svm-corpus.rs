@@ -20,7 +20,15 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     let truth = corpus::generate(&a.out, a.seed, a.files)?;
-    let planted = truth.entries.iter().filter(|e| !e.expected.is_empty()).count();
-    println!("{} files ({planted} planted positives) in {}", truth.entries.len(), a.out.display());
+    let planted = truth
+        .entries
+        .iter()
+        .filter(|e| !e.expected.is_empty())
+        .count();
+    println!(
+        "{} files ({planted} planted positives) in {}",
+        truth.entries.len(),
+        a.out.display()
+    );
     Ok(())
 }
