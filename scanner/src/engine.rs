@@ -1,6 +1,8 @@
 //! The per-thread [`Scanner`].
 
 use crate::verify::{verify, verify_anchored};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::Anchored;
 use md5::Digest;
 use signatures::{HashTables, SignatureSet, Target};
 use std::fs::File;
@@ -145,6 +147,7 @@ pub struct Scanner<'s> {
     limits: Limits,
     found: Vec<u64>,
     touched: Vec<u32>,
+    hits: Vec<usize>,
     buf: Vec<u8>,
 }
 
@@ -170,6 +173,7 @@ impl<'s> Scanner<'s> {
             limits: Limits::default(),
             found: vec![0; n],
             touched: Vec::new(),
+            hits: Vec::new(),
             buf: Vec::new(),
         }
     }
@@ -334,36 +338,60 @@ impl<'s> Scanner<'s> {
             self.reset_found();
             return Ok(());
         };
-        let overlap = bodies.max_atom_len().saturating_sub(1);
-        let mut block_start = 0;
+        let filter = bodies.filter();
+        let max_atom = bodies.max_atom_len();
         let mut result = Ok(());
+        let mut block_start = 0;
         while block_start < data.len() {
             let block_end = (block_start + BLOCK).min(data.len());
-            let window_end = (block_end + overlap).min(data.len());
-            let last = block_end == data.len();
-            let input = aho_corasick::Input::new(data).span(block_start..window_end);
-            for m in ac.find_overlapping_iter(input) {
-                if !last && m.start() >= block_end {
-                    continue; // the next block reports it
+            let block = data.get(block_start..block_end).unwrap_or(&[]);
+            // Positions whose next four bytes may begin an atom, then (for atoms shorter than
+            // four bytes) positions whose next two bytes may.
+            let mut hits = std::mem::take(&mut self.hits);
+            hits.clear();
+            filter.candidates(data, block_start, block_end, &mut hits);
+            if filter.has_short() {
+                let full2 = data
+                    .get(block_start..(block_end + 1).min(data.len()))
+                    .unwrap_or(&[]);
+                for (i, w) in full2.windows(2).enumerate().take(block.len()) {
+                    if let Ok(w) = <[u8; 2]>::try_from(w) {
+                        if filter.short_may_start(u16::from_le_bytes(w)) {
+                            hits.push(block_start + i);
+                        }
+                    }
                 }
-                for r in bodies.refs(m.pattern().as_usize()) {
-                    if self.is_found(r.sig) {
-                        continue;
-                    }
-                    let Some(sig) = sigs.get(r.sig as usize) else {
-                        continue;
-                    };
-                    if !target_ok(sig.target) {
-                        continue;
-                    }
-                    let Some(pos) = m.start().checked_sub(r.off as usize) else {
-                        continue;
-                    };
-                    if let Some(start) = verify(sig, data, r.seg as usize, pos) {
-                        self.record(r.sig, sig.name.as_str(), start, out);
+                hits.sort_unstable();
+                hits.dedup();
+            }
+            for &pos in &hits {
+                // Walk the automaton from its anchored start: every match state passed is an
+                // atom starting at `pos`.
+                let Ok(mut sid) = ac.start_state(Anchored::Yes) else {
+                    break;
+                };
+                let window = data
+                    .get(pos..(pos + max_atom).min(data.len()))
+                    .unwrap_or(&[]);
+                for &b in window {
+                    sid = ac.next_state(Anchored::Yes, sid, b);
+                    if ac.is_special(sid) {
+                        if ac.is_dead(sid) {
+                            break;
+                        }
+                        for k in 0..ac.match_len(sid) {
+                            self.confirm_atom(
+                                ac.match_pattern(sid, k).as_usize(),
+                                pos,
+                                data,
+                                &target_ok,
+                                out,
+                            );
+                        }
                     }
                 }
             }
+            self.hits = hits;
             block_start = block_end;
             if block_start < data.len() && Instant::now() > deadline {
                 result = Err(Stop::Timeout);
@@ -372,6 +400,36 @@ impl<'s> Scanner<'s> {
         }
         self.reset_found();
         result
+    }
+
+    /// An atom occurs at `at`: verify every signature that uses it.
+    fn confirm_atom(
+        &mut self,
+        atom: usize,
+        at: usize,
+        data: &[u8],
+        target_ok: &impl Fn(Target) -> bool,
+        out: &mut Vec<Match>,
+    ) {
+        let bodies = self.set.bodies();
+        let sigs = bodies.sigs();
+        for r in bodies.refs(atom) {
+            if self.is_found(r.sig) {
+                continue;
+            }
+            let Some(sig) = sigs.get(r.sig as usize) else {
+                continue;
+            };
+            if !target_ok(sig.target) {
+                continue;
+            }
+            let Some(pos) = at.checked_sub(r.off as usize) else {
+                continue;
+            };
+            if let Some(start) = verify(sig, data, r.seg as usize, pos) {
+                self.record(r.sig, sig.name.as_str(), start, out);
+            }
+        }
     }
 
     #[inline]

@@ -2,7 +2,9 @@
 
 use crate::body::{BodySig, Target};
 use crate::hash::{HashTables, NameArena};
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::nfa::contiguous::NFA;
+use aho_corasick::MatchKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Where an Aho-Corasick atom sits in a body signature.
@@ -16,14 +18,146 @@ pub struct AtomRef {
     pub off: u32,
 }
 
-/// Above this many distinct atoms the automaton is an NFA (a DFA would be too large).
-const DFA_MAX_ATOMS: usize = 20_000;
+/// Multiplier of the atom-prefix hash (a Fibonacci hash).
+const HASH_MUL: u32 = 0x9e37_79b1;
+
+/// A bitmap over the first bytes of every atom: the cheap test run at each byte position
+/// before the Aho-Corasick automaton confirms which atoms really start there.
+///
+/// Atoms of four bytes or more are keyed by a hash of their first four bytes; shorter atoms
+/// (two or three bytes) by their first two bytes in a second, exact map.
+#[derive(Debug, Clone, Default)]
+pub struct AtomFilter {
+    bits: Vec<u64>,
+    shift: u32,
+    short: Vec<u64>,
+}
+
+impl AtomFilter {
+    fn build(atoms: &[&[u8]]) -> Self {
+        let long = atoms.iter().filter(|a| a.len() >= 4).count();
+        // About 256 bits per atom keeps false candidates well under 1% while the map stays in
+        // the L2 cache for sets of thousands of atoms.
+        let log2 = (long.max(1) * 256)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(16, 27);
+        let mut f = AtomFilter {
+            bits: vec![0; 1 << (log2 - 6)],
+            shift: 32 - log2,
+            short: Vec::new(),
+        };
+        for a in atoms {
+            match a {
+                [b0, b1, b2, b3, ..] => {
+                    let h = f.slot(u32::from_le_bytes([*b0, *b1, *b2, *b3]));
+                    if let Some(w) = f.bits.get_mut(h >> 6) {
+                        *w |= 1 << (h & 63);
+                    }
+                }
+                [b0, b1, ..] => {
+                    if f.short.is_empty() {
+                        f.short = vec![0; 1 << 10];
+                    }
+                    let k = usize::from(u16::from_le_bytes([*b0, *b1]));
+                    if let Some(w) = f.short.get_mut(k >> 6) {
+                        *w |= 1 << (k & 63);
+                    }
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+
+    #[inline]
+    fn slot(&self, key: u32) -> usize {
+        (key.wrapping_mul(HASH_MUL) >> self.shift) as usize
+    }
+
+    /// Whether an atom of four or more bytes may start with these four bytes.
+    #[inline]
+    pub fn may_start(&self, first4: u32) -> bool {
+        let h = self.slot(first4);
+        self.bits
+            .get(h >> 6)
+            .is_some_and(|w| w >> (h & 63) & 1 == 1)
+    }
+
+    /// Append to `out` every position `p` in `start..end` whose four bytes `data[p..p+4]` may
+    /// begin an atom of four or more bytes. Eight positions are tested per step with one
+    /// branch, which keeps the loop near memory speed.
+    pub fn candidates(&self, data: &[u8], start: usize, end: usize, out: &mut Vec<usize>) {
+        let end = end.min(data.len().saturating_sub(3));
+        let mut p = start;
+        // Unrolled: one 8-byte and one 4-byte load give the keys of 8 positions.
+        while p + 8 <= end {
+            let (Some(lo), Some(hi)) = (
+                data.get(p..p + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                data.get(p + 8..p + 11).map(|b| {
+                    let mut h = [0u8; 4];
+                    h.get_mut(..b.len()).map(|d| d.copy_from_slice(b));
+                    h
+                }),
+            ) else {
+                break;
+            };
+            let lo = u64::from_le_bytes(lo);
+            let hi = u64::from(u32::from_le_bytes(hi));
+            let mut mask = 0u32;
+            for j in 0..8u32 {
+                let key = if j == 0 {
+                    lo as u32
+                } else {
+                    ((lo >> (8 * j)) | (hi << (64 - 8 * j))) as u32
+                };
+                let h = self.slot(key);
+                let bit = self.bits.get(h >> 6).map_or(0, |w| (w >> (h & 63)) & 1) as u32;
+                mask |= bit << j;
+            }
+            while mask != 0 {
+                out.push(p + mask.trailing_zeros() as usize);
+                mask &= mask - 1;
+            }
+            p += 8;
+        }
+        while p < end {
+            if let Some(w) = data.get(p..p + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                if self.may_start(u32::from_le_bytes(w)) {
+                    out.push(p);
+                }
+            }
+            p += 1;
+        }
+    }
+
+    /// Whether some atom is shorter than four bytes.
+    #[inline]
+    pub fn has_short(&self) -> bool {
+        !self.short.is_empty()
+    }
+
+    /// Whether a two- or three-byte atom may start with these two bytes.
+    #[inline]
+    pub fn short_may_start(&self, first2: u16) -> bool {
+        let k = usize::from(first2);
+        self.short
+            .get(k >> 6)
+            .is_some_and(|w| w >> (k & 63) & 1 == 1)
+    }
+
+    /// Heap bytes used.
+    pub fn heap_bytes(&self) -> usize {
+        (self.bits.capacity() + self.short.capacity()) * 8
+    }
+}
 
 /// Compiled body signatures: the patterns, and one Aho-Corasick automaton over their atoms.
 #[derive(Debug, Default)]
 pub struct BodyDb {
     sigs: Vec<BodySig>,
-    ac: Option<AhoCorasick>,
+    ac: Option<NFA>,
+    filter: AtomFilter,
     refs_start: Vec<u32>,
     refs: Vec<AtomRef>,
     anchored: Vec<u32>,
@@ -63,18 +197,13 @@ impl BodyDb {
                 });
             }
         }
+        let filter = AtomFilter::build(&atoms);
         let ac = if atoms.is_empty() {
             None
         } else {
-            let kind = if atoms.len() <= DFA_MAX_ATOMS {
-                AhoCorasickKind::DFA
-            } else {
-                AhoCorasickKind::ContiguousNFA
-            };
             Some(
-                AhoCorasick::builder()
+                aho_corasick::nfa::contiguous::Builder::new()
                     .match_kind(MatchKind::Standard)
-                    .kind(Some(kind))
                     .build(&atoms)?,
             )
         };
@@ -89,6 +218,7 @@ impl BodyDb {
         Ok(BodyDb {
             sigs,
             ac,
+            filter,
             refs_start,
             refs,
             anchored,
@@ -101,8 +231,13 @@ impl BodyDb {
     pub fn sigs(&self) -> &[BodySig] {
         &self.sigs
     }
-    /// The automaton over atoms, if any signature floats.
-    pub fn automaton(&self) -> Option<&AhoCorasick> {
+    /// The prefilter over atom prefixes.
+    pub fn filter(&self) -> &AtomFilter {
+        &self.filter
+    }
+    /// The anchored automaton over atoms, if any signature floats: run it at a position to
+    /// learn which atoms start there.
+    pub fn automaton(&self) -> Option<&NFA> {
         self.ac.as_ref()
     }
     /// The signatures using atom `pattern` (an Aho-Corasick pattern id).
@@ -134,7 +269,7 @@ impl BodyDb {
     }
     /// Heap bytes of the automaton.
     pub fn automaton_bytes(&self) -> usize {
-        self.ac.as_ref().map_or(0, AhoCorasick::memory_usage)
+        self.ac.as_ref().map_or(0, |a| a.memory_usage()) + self.filter.heap_bytes()
     }
 }
 
