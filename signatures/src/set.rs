@@ -90,34 +90,27 @@ impl AtomFilter {
     pub fn candidates(&self, data: &[u8], start: usize, end: usize, out: &mut Vec<usize>) {
         let end = end.min(data.len().saturating_sub(3));
         let mut p = start;
-        // Unrolled: one 8-byte and one 4-byte load give the keys of 8 positions.
+        // Eight positions per step: their bits are OR-ed into one word and tested once; only
+        // a step with a hit (rare) looks at the positions one by one.
         while p + 8 <= end {
-            let (Some(lo), Some(hi)) = (
-                data.get(p..p + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
-                data.get(p + 8..p + 11).map(|b| {
-                    let mut h = [0u8; 4];
-                    h.get_mut(..b.len()).map(|d| d.copy_from_slice(b));
-                    h
-                }),
-            ) else {
+            let Some(chunk) = data
+                .get(p..p + 11)
+                .and_then(|c| <&[u8; 11]>::try_from(c).ok())
+            else {
                 break;
             };
-            let lo = u64::from_le_bytes(lo);
-            let hi = u64::from(u32::from_le_bytes(hi));
-            let mut mask = 0u32;
-            for j in 0..8u32 {
-                let key = if j == 0 {
-                    lo as u32
-                } else {
-                    ((lo >> (8 * j)) | (hi << (64 - 8 * j))) as u32
-                };
+            let mut any = 0u64;
+            for w in chunk.windows(4) {
+                let key = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
                 let h = self.slot(key);
-                let bit = self.bits.get(h >> 6).map_or(0, |w| (w >> (h & 63)) & 1) as u32;
-                mask |= bit << j;
+                any |= self.bits.get(h >> 6).map_or(0, |x| x >> (h & 63));
             }
-            while mask != 0 {
-                out.push(p + mask.trailing_zeros() as usize);
-                mask &= mask - 1;
+            if any & 1 == 1 {
+                for (j, w) in chunk.windows(4).enumerate() {
+                    if self.may_start(u32::from_le_bytes([w[0], w[1], w[2], w[3]])) {
+                        out.push(p + j);
+                    }
+                }
             }
             p += 8;
         }
