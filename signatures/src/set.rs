@@ -101,13 +101,15 @@ impl AtomFilter {
             };
             let mut any = 0u64;
             for w in chunk.windows(4) {
-                let key = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                let &[a, b, c, d] = w else { continue };
+                let key = u32::from_le_bytes([a, b, c, d]);
                 let h = self.slot(key);
                 any |= self.bits.get(h >> 6).map_or(0, |x| x >> (h & 63));
             }
             if any & 1 == 1 {
                 for (j, w) in chunk.windows(4).enumerate() {
-                    if self.may_start(u32::from_le_bytes([w[0], w[1], w[2], w[3]])) {
+                    let &[a, b, c, d] = w else { continue };
+                    if self.may_start(u32::from_le_bytes([a, b, c, d])) {
                         out.push(p + j);
                     }
                 }
