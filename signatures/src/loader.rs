@@ -102,8 +102,8 @@ pub struct Loader {
     hashes: HashTables,
     allow: HashTables,
     bodies: Vec<BodySig>,
+    #[cfg(feature = "yara")]
     yara: Option<yara_x::Compiler<'static>>,
-    yara_errors: usize,
     ignored: HashSet<String>,
     errors: Vec<ParseError>,
     skipped: BTreeMap<&'static str, u64>,
@@ -121,8 +121,8 @@ impl Loader {
             hashes: HashTables::default(),
             allow: HashTables::default(),
             bodies: Vec::new(),
+            #[cfg(feature = "yara")]
             yara: None,
-            yara_errors: 0,
             ignored: HashSet::new(),
             errors: Vec::new(),
             skipped: BTreeMap::new(),
@@ -219,7 +219,16 @@ impl Loader {
             }
             DbKind::Ign2 => self.load_ign2(name, reader),
             DbKind::Ndb => self.load_ndb(name, reader),
+            #[cfg(feature = "yara")]
             DbKind::Yara => self.load_yara(name, reader),
+            #[cfg(not(feature = "yara"))]
+            DbKind::Yara => {
+                self.errors.push(
+                    LineError::new(0, ErrorCode::Yara, "this build of svm has no YARA support")
+                        .at(name, 0),
+                );
+                Ok(())
+            }
             DbKind::Container => self.load_container(name, reader),
             DbKind::Unsupported(what) => {
                 let n = self.count_lines(reader)?;
@@ -391,6 +400,7 @@ impl Loader {
         )
     }
 
+    #[cfg(feature = "yara")]
     fn load_yara(&mut self, source: &str, mut reader: impl Read) -> io::Result<()> {
         let mut text = Vec::new();
         reader
@@ -426,7 +436,6 @@ impl Loader {
                 }
             })
             .collect();
-        self.yara_errors += new_errors.len();
         self.errors.extend(new_errors);
         Ok(())
     }
@@ -587,22 +596,37 @@ impl Loader {
         self.names.shrink();
         let bodies = BodyDb::build(std::mem::take(&mut self.bodies))
             .map_err(|e| LoadError::Yara(format!("body signature automaton: {e}")))?;
+        #[cfg(feature = "yara")]
         let yara = self.yara.take().map(yara_x::Compiler::build);
+        #[cfg(feature = "yara")]
         if let Some(rules) = &yara {
             self.counts.yara = rules.iter().count() as u64;
         }
         if self.counts.detection_total() == 0 {
-            return Err(LoadError::Empty(if self.sources.is_empty() {
-                "no sources".into()
+            let mut what = if self.sources.is_empty() {
+                "no sources".to_owned()
             } else {
                 self.sources.join(", ")
-            }));
+            };
+            if !self.skipped.is_empty() {
+                let parts: Vec<String> = self
+                    .skipped
+                    .iter()
+                    .map(|(k, n)| format!("{k}: {n}"))
+                    .collect();
+                what.push_str(&format!(
+                    " (only lines of kinds not supported yet: {})",
+                    parts.join("; ")
+                ));
+            }
+            return Err(LoadError::Empty(what));
         }
         Ok(SignatureSet {
             names: self.names,
             hashes: self.hashes,
             allow: self.allow,
             bodies,
+            #[cfg(feature = "yara")]
             yara,
             ignored: self.ignored,
             counts: self.counts,
@@ -614,6 +638,7 @@ impl Loader {
     }
 }
 
+#[cfg(feature = "yara")]
 fn line_col(text: &[u8], offset: usize) -> (u64, u32) {
     let before = text.get(..offset.min(text.len())).unwrap_or(&[]);
     let line = memchr::memchr_iter(b'\n', before).count() as u64 + 1;

@@ -303,6 +303,7 @@ pub struct SignatureSet {
     pub(crate) hashes: HashTables,
     pub(crate) allow: HashTables,
     pub(crate) bodies: BodyDb,
+    #[cfg(feature = "yara")]
     pub(crate) yara: Option<yara_x::Rules>,
     pub(crate) ignored: HashSet<String>,
     pub(crate) counts: Counts,
@@ -326,6 +327,7 @@ impl SignatureSet {
         &self.bodies
     }
     /// The compiled YARA rules, if any were loaded.
+    #[cfg(feature = "yara")]
     pub fn yara_rules(&self) -> Option<&yara_x::Rules> {
         self.yara.as_ref()
     }

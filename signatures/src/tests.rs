@@ -467,6 +467,7 @@ fn cvd_tar_entry_claiming_2gib_is_an_error_not_an_allocation() {
 
 // ---------------------------------------------------------------- YARA
 
+#[cfg(feature = "yara")]
 #[test]
 fn yara_rules_load_and_errors_have_positions() {
     let set = load(
@@ -537,4 +538,23 @@ fn large_hash_file_parses_in_parallel_blocks_with_right_line_numbers() {
         ids.iter().map(|&i| set.name(i)).collect::<Vec<_>>(),
         vec!["Gen.42"]
     );
+}
+
+#[test]
+fn a_set_of_only_unsupported_kinds_says_so() {
+    let err = load("only.ldb", b"Sig;Target:0;0;4142\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(".ldb/.ldu logical signatures: 1"), "{err}");
+}
+
+#[test]
+fn comments_and_blank_lines_are_not_signatures() {
+    // Real ClamAV containers ship lines like this one in otherwise empty files.
+    let set = load(
+        "c.ndb",
+        b"# There must always be one line in the file\n\r\n  \nA:0:*:41424344\r\n",
+    )
+    .unwrap();
+    assert_eq!(set.counts().body, 1);
 }
