@@ -1,8 +1,6 @@
 //! The per-thread [`Scanner`].
 
 use crate::verify::{verify, verify_anchored};
-use aho_corasick::automaton::Automaton;
-use aho_corasick::Anchored;
 use md5::Digest;
 use signatures::{HashTables, SignatureSet, Target};
 use std::fs::File;
@@ -148,6 +146,7 @@ pub struct Scanner<'s> {
     found: Vec<u64>,
     touched: Vec<u32>,
     hits: Vec<usize>,
+    atom_buf: Vec<usize>,
     buf: Vec<u8>,
 }
 
@@ -174,6 +173,7 @@ impl<'s> Scanner<'s> {
             found: vec![0; n],
             touched: Vec::new(),
             hits: Vec::new(),
+            atom_buf: Vec::new(),
             buf: Vec::new(),
         }
     }
@@ -334,12 +334,11 @@ impl<'s> Scanner<'s> {
                 }
             }
         }
-        let Some(ac) = bodies.automaton() else {
+        if bodies.atoms().is_empty() {
             self.reset_found();
             return Ok(());
-        };
+        }
         let filter = bodies.filter();
-        let max_atom = bodies.max_atom_len();
         let mut result = Ok(());
         let mut block_start = 0;
         while block_start < data.len() {
@@ -365,31 +364,13 @@ impl<'s> Scanner<'s> {
                 hits.dedup();
             }
             for &pos in &hits {
-                // Walk the automaton from its anchored start: every match state passed is an
-                // atom starting at `pos`.
-                let Ok(mut sid) = ac.start_state(Anchored::Yes) else {
-                    break;
-                };
-                let window = data
-                    .get(pos..(pos + max_atom).min(data.len()))
-                    .unwrap_or(&[]);
-                for &b in window {
-                    sid = ac.next_state(Anchored::Yes, sid, b);
-                    if ac.is_special(sid) {
-                        if ac.is_dead(sid) {
-                            break;
-                        }
-                        for k in 0..ac.match_len(sid) {
-                            self.confirm_atom(
-                                ac.match_pattern(sid, k).as_usize(),
-                                pos,
-                                data,
-                                &target_ok,
-                                out,
-                            );
-                        }
-                    }
+                let mut found = std::mem::take(&mut self.atom_buf);
+                found.clear();
+                bodies.atoms().atoms_at(data, pos, |atom| found.push(atom));
+                for &atom in &found {
+                    self.confirm_atom(atom, pos, data, &target_ok, out);
                 }
+                self.atom_buf = found;
             }
             self.hits = hits;
             block_start = block_end;

@@ -300,6 +300,15 @@ impl Pattern {
             + self.gaps.iter().map(|g| g.min as usize).sum::<usize>()
     }
 
+    /// Whether some segment holds two fixed bytes in a row (an atom to anchor on).
+    pub fn has_literal_run(&self) -> bool {
+        self.segs.iter().any(|s| {
+            s.toks
+                .iter()
+                .any(|t| matches!(t, Tok::Lit(b) if b.len() >= 2))
+        })
+    }
+
     /// The best literal atom: `(segment, offset in segment, bytes)`, preferring long runs of
     /// rare bytes. `None` when no segment holds two fixed bytes in a row.
     pub fn best_atom(&self) -> Option<(usize, usize, &[u8])> {
@@ -310,13 +319,18 @@ impl Pattern {
                 if let Tok::Lit(bytes) = t {
                     if bytes.len() >= 2 {
                         let w = bytes.len().min(MAX_ATOM);
+                        // Sliding sum of byte weights over windows of w bytes.
+                        let mut score: u32 = bytes.iter().take(w).map(|&b| byte_weight(b)).sum();
                         for start in 0..=bytes.len() - w {
-                            let Some(cand) = bytes.get(start..start + w) else {
-                                continue;
-                            };
-                            let score = atom_score(cand);
+                            if start > 0 {
+                                let out = bytes.get(start - 1).map_or(0, |&b| byte_weight(b));
+                                let inn = bytes.get(start + w - 1).map_or(0, |&b| byte_weight(b));
+                                score = score - out + inn;
+                            }
                             if best.as_ref().is_none_or(|b| score > b.0) {
-                                best = Some((score, si, off + start, cand));
+                                if let Some(cand) = bytes.get(start..start + w) {
+                                    best = Some((score, si, off + start, cand));
+                                }
                             }
                         }
                     }
@@ -328,24 +342,15 @@ impl Pattern {
     }
 }
 
-/// How selective an atom is likely to be: common bytes (0x00, 0xff, spaces, text) score low.
-fn atom_score(atom: &[u8]) -> u32 {
-    let mut score = 0u32;
-    let mut seen = [false; 256];
-    for &b in atom {
-        let w = match b {
-            0x00 => 1,
-            0xff | 0xcc | 0x90 => 3,
-            0x20 | 0x0a | 0x0d | 0x09 => 4,
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => 6,
-            _ => 8,
-        };
-        let first = seen
-            .get_mut(usize::from(b))
-            .is_some_and(|s| !std::mem::replace(s, true));
-        score += if first { w * 2 } else { w };
+/// How rare a byte is likely to be in files: 0x00 and padding bytes score low.
+fn byte_weight(b: u8) -> u32 {
+    match b {
+        0x00 => 1,
+        0xff | 0xcc | 0x90 => 3,
+        0x20 | 0x0a | 0x0d | 0x09 => 4,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => 6,
+        _ => 8,
     }
-    score
 }
 
 /// One parsed body signature (possibly one of several expansions of the same line).
@@ -427,7 +432,7 @@ pub(crate) fn parse_ndb_line(
     };
     let mut sigs = Vec::with_capacity(patterns.len());
     for pattern in patterns {
-        if !offset.is_anchored() && pattern.best_atom().is_none() {
+        if !offset.is_anchored() && !pattern.has_literal_run() {
             return Err(LineError::new(
                 hcol,
                 ErrorCode::BadPattern,
@@ -749,6 +754,10 @@ fn parse_hex(hex: &str) -> Result<HexOutcome, LineError> {
                 i += 2;
             }
         }
+    }
+    let varlen = |i: &Item| matches!(i, Item::Alt(m, false) if m.iter().any(|x| x.len() != m.first().map_or(0, Vec::len)));
+    if !items.iter().any(varlen) {
+        return Ok(HexOutcome::Patterns(vec![segment(items)?]));
     }
     // Expand variable-length alternatives into several item lists.
     let mut lists: Vec<Vec<Item>> = vec![Vec::new()];

@@ -58,6 +58,11 @@ pub(crate) struct HashLine {
 
 /// Check a signature name: non-empty, printable ASCII, no `:`.
 pub(crate) fn check_name(name: &str) -> Result<(), LineError> {
+    check_name_bytes(name.as_bytes())
+}
+
+/// [`check_name`] on bytes: non-ASCII bytes are reported as such.
+pub(crate) fn check_name_bytes(name: &[u8]) -> Result<(), LineError> {
     if name.is_empty() {
         return Err(LineError::new(
             0,
@@ -65,7 +70,14 @@ pub(crate) fn check_name(name: &str) -> Result<(), LineError> {
             "empty signature name",
         ));
     }
-    if let Some(p) = name.bytes().position(|b| !(0x21..0x7f).contains(&b)) {
+    if let Some(p) = name.iter().position(|b| !(0x21..0x7f).contains(b)) {
+        if name.get(p).is_some_and(|b| *b >= 0x80) {
+            return Err(LineError::new(
+                p,
+                ErrorCode::NotUtf8,
+                "signature name is not ASCII",
+            ));
+        }
         return Err(LineError::new(
             p,
             ErrorCode::BadName,
@@ -109,27 +121,40 @@ pub(crate) fn parse_flevel(
     Ok(None)
 }
 
-fn unhex(s: &[u8], out: &mut [u8]) -> Result<(), usize> {
-    for (i, o) in out.iter_mut().enumerate() {
-        let hi = s.get(2 * i).copied().and_then(hexval).ok_or(2 * i)?;
-        let lo = s
-            .get(2 * i + 1)
-            .copied()
-            .and_then(hexval)
-            .ok_or(2 * i + 1)?;
-        *o = (hi << 4) | lo;
+/// Hex digit values; 0xff marks a byte that is not a hex digit.
+// A const initialiser: the index is bounded by the loop and checked at compile time.
+#[allow(clippy::indexing_slicing)]
+static HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => 0xff,
+        };
+        i += 1;
     }
-    Ok(())
-}
+    t
+};
 
-#[inline]
-fn hexval(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Decode hex without a branch per character (digests are random, so branches on digit vs
+/// letter mispredict half the time). False if `s` is not exactly `out.len()` hex pairs.
+fn decode_hex(s: &[u8], out: &mut [u8]) -> bool {
+    if s.len() != out.len() * 2 {
+        return false;
     }
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let &[a, b] = pair else { return false };
+        let hi = HEX.get(usize::from(a)).copied().unwrap_or(0xff);
+        let lo = HEX.get(usize::from(b)).copied().unwrap_or(0xff);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    bad & 0xf0 == 0
 }
 
 /// Parse one hash line. `md5_only` is true for `.hdb`/`.fp`.
@@ -137,18 +162,16 @@ pub(crate) fn parse_hash_line(line: &[u8], md5_only: bool) -> Result<Parsed<Hash
     // Fast split on ':' without allocating.
     let mut cols = [0usize; 6];
     let mut n = 1;
-    for (i, &b) in line.iter().enumerate() {
-        if b == b':' {
-            let Some(slot) = cols.get_mut(n) else {
-                return Err(LineError::new(
-                    i,
-                    ErrorCode::FieldCount,
-                    "too many ':'-separated fields (expected Hash:Size:Name[:MinFL[:MaxFL]])",
-                ));
-            };
-            *slot = i + 1;
-            n += 1;
-        }
+    for i in memchr::memchr_iter(b':', line) {
+        let Some(slot) = cols.get_mut(n) else {
+            return Err(LineError::new(
+                i,
+                ErrorCode::FieldCount,
+                "too many ':'-separated fields (expected Hash:Size:Name[:MinFL[:MaxFL]])",
+            ));
+        };
+        *slot = i + 1;
+        n += 1;
     }
     if n < 3 {
         return Err(LineError::new(
@@ -185,8 +208,18 @@ pub(crate) fn parse_hash_line(line: &[u8], md5_only: bool) -> Result<Parsed<Hash
         }
     };
     let mut digest = [0u8; 32];
-    unhex(hash, digest.get_mut(..kind.len()).unwrap_or(&mut []))
-        .map_err(|p| LineError::new(p, ErrorCode::BadHash, "hash is not hexadecimal"))?;
+    if !decode_hex(hash, digest.get_mut(..kind.len()).unwrap_or(&mut [])) {
+        // Find the first bad character for the column.
+        let p = hash
+            .iter()
+            .position(|c| !c.is_ascii_hexdigit())
+            .unwrap_or(0);
+        return Err(LineError::new(
+            p,
+            ErrorCode::BadHash,
+            "hash is not hexadecimal",
+        ));
+    }
     let size_f = field(1);
     let size = if size_f == b"*" {
         None
@@ -215,14 +248,7 @@ pub(crate) fn parse_hash_line(line: &[u8], md5_only: bool) -> Result<Parsed<Hash
         }
     };
     let name_b = field(2);
-    let name = std::str::from_utf8(name_b).map_err(|e| {
-        LineError::new(
-            cols[2] + e.valid_up_to(),
-            ErrorCode::NotUtf8,
-            "signature name is not ASCII",
-        )
-    })?;
-    check_name(name).map_err(|e| e.shifted(cols[2]))?;
+    check_name_bytes(name_b).map_err(|e| e.shifted(cols[2]))?;
     if n > 3 {
         let text = std::str::from_utf8(line).map_err(|e| {
             LineError::new(e.valid_up_to(), ErrorCode::NotUtf8, "line is not ASCII")
@@ -244,21 +270,22 @@ pub(crate) fn parse_hash_line(line: &[u8], md5_only: bool) -> Result<Parsed<Hash
 /// All signature names, stored once, NUL-separated.
 #[derive(Debug, Default, Clone)]
 pub struct NameArena {
-    bytes: String,
+    bytes: Vec<u8>,
 }
 
 impl NameArena {
     /// Store a name and return its handle. `None` when the arena would exceed 4 GiB.
-    pub fn push(&mut self, name: &str) -> Option<u32> {
+    pub fn push(&mut self, name: &[u8]) -> Option<u32> {
         let off = u32::try_from(self.bytes.len()).ok()?;
-        self.bytes.push_str(name);
-        self.bytes.push('\0');
+        self.bytes.extend_from_slice(name);
+        self.bytes.push(0);
         Some(off)
     }
-    /// The name behind a handle.
+    /// The name behind a handle (names are checked ASCII when loaded).
     pub fn get(&self, id: u32) -> &str {
-        let tail = self.bytes.get(id as usize..).unwrap_or("");
-        tail.split('\0').next().unwrap_or("")
+        let tail = self.bytes.get(id as usize..).unwrap_or(&[]);
+        let end = memchr::memchr(0, tail).unwrap_or(tail.len());
+        std::str::from_utf8(tail.get(..end).unwrap_or(&[])).unwrap_or("")
     }
     /// Bytes used.
     pub fn heap_bytes(&self) -> usize {

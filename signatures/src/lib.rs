@@ -50,7 +50,7 @@ pub use body::{
 pub use error::{ErrorCode, LoadError, ParseError};
 pub use hash::{HashKind, HashTable, HashTables, FLEVEL};
 pub use loader::{LoadOptions, Loader, MAX_CONTAINER_BYTES};
-pub use set::{AtomFilter, AtomRef, BodyDb, Counts, SignatureSet};
+pub use set::{AtomFilter, AtomRef, AtomTable, BodyDb, Counts, SignatureSet};
 
 /// The default set compiled into the binary: EICAR and the ClamAV test file `clam.exe`.
 pub const DEFAULT_NDB: &str = include_str!("../data/svm-default.ndb");

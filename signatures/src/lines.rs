@@ -44,6 +44,7 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(BLOCK.min(1 << 16));
     let mut line_no: u64 = 0;
     let mut skipping_long = false;
+    let mut pool: Vec<(u64, PieceLines<T>)> = Vec::new();
     let mut eof = false;
     while !eof {
         // Fill the buffer up to BLOCK bytes.
@@ -98,14 +99,19 @@ where
             body = body.get(nl..).unwrap_or(&[]);
             skipping_long = false;
         }
-        process_block(body, &parse, &mut sink, &mut line_no);
+        process_block(body, &parse, &mut sink, &mut line_no, &mut pool);
         buf.drain(..cut);
     }
     Ok(())
 }
 
-fn process_block<T, P, S>(body: &[u8], parse: &P, sink: &mut S, line_no: &mut u64)
-where
+fn process_block<T, P, S>(
+    body: &[u8],
+    parse: &P,
+    sink: &mut S,
+    line_no: &mut u64,
+    pool: &mut Vec<(u64, PieceLines<T>)>,
+) where
     T: Send,
     P: Fn(&[u8]) -> Outcome<T> + Sync,
     S: FnMut(&[u8], u64, Outcome<T>),
@@ -124,9 +130,17 @@ where
         pieces.push((start, end));
         start = end;
     }
-    let run = |&(s, e): &(usize, usize)| -> (u64, PieceLines<T>) {
+    // Result buffers are reused from block to block, so their pages are faulted in once.
+    if pool.len() < pieces.len() {
+        pool.resize_with(pieces.len(), || (0, Vec::new()));
+    }
+    let Some(slots) = pool.get_mut(..pieces.len()) else {
+        return;
+    };
+    let run = |slot: &mut (u64, PieceLines<T>), &(s, e): &(usize, usize)| {
         let piece = body.get(s..e).unwrap_or(&[]);
-        let mut out = Vec::new();
+        let out = &mut slot.1;
+        out.clear();
         let mut n: u64 = 0;
         let mut pos = 0;
         while pos < piece.len() {
@@ -156,17 +170,23 @@ where
             }
             pos = end + 1;
         }
-        (n, out)
+        slot.0 = n;
     };
-    let results: Vec<(u64, PieceLines<T>)> = if pieces.len() > 1 {
-        pieces.par_iter().map(run).collect()
+    if pieces.len() > 1 {
+        slots
+            .par_iter_mut()
+            .zip(pieces.par_iter())
+            .for_each(|(slot, piece)| run(slot, piece));
     } else {
-        pieces.iter().map(run).collect()
-    };
-    for (count, items) in results {
-        for (n, s, e, outcome) in items {
+        slots
+            .iter_mut()
+            .zip(pieces.iter())
+            .for_each(|(slot, piece)| run(slot, piece));
+    }
+    for (count, items) in slots.iter_mut() {
+        for (n, s, e, outcome) in items.drain(..) {
             sink(body.get(s..e).unwrap_or(&[]), *line_no + n, outcome);
         }
-        *line_no += count;
+        *line_no += *count;
     }
 }

@@ -302,10 +302,7 @@ impl Loader {
             |line| parse_hash_line(line, md5_only),
             |line, no, outcome| match outcome {
                 Ok(Parsed::Sig(h)) => {
-                    let name = line
-                        .get(h.name.0..h.name.1)
-                        .and_then(|n| std::str::from_utf8(n).ok())
-                        .unwrap_or("");
+                    let name = line.get(h.name.0..h.name.1).unwrap_or(&[]);
                     let Some(id) = names.push(name) else {
                         arena_full = true;
                         return;
@@ -594,8 +591,7 @@ impl Loader {
         self.hashes.finish();
         self.allow.finish();
         self.names.shrink();
-        let bodies = BodyDb::build(std::mem::take(&mut self.bodies))
-            .map_err(|e| LoadError::Yara(format!("body signature automaton: {e}")))?;
+        let bodies = BodyDb::build(std::mem::take(&mut self.bodies));
         #[cfg(feature = "yara")]
         let yara = self.yara.take().map(yara_x::Compiler::build);
         #[cfg(feature = "yara")]

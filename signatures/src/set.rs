@@ -2,9 +2,7 @@
 
 use crate::body::{BodySig, Target};
 use crate::hash::{HashTables, NameArena};
-use aho_corasick::automaton::Automaton;
-use aho_corasick::nfa::contiguous::NFA;
-use aho_corasick::MatchKind;
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Where an Aho-Corasick atom sits in a body signature.
@@ -22,7 +20,7 @@ pub struct AtomRef {
 const HASH_MUL: u32 = 0x9e37_79b1;
 
 /// A bitmap over the first bytes of every atom: the cheap test run at each byte position
-/// before the Aho-Corasick automaton confirms which atoms really start there.
+/// before the exact [`AtomTable`] confirms which atoms really start there.
 ///
 /// Atoms of four bytes or more are keyed by a hash of their first four bytes; shorter atoms
 /// (two or three bytes) by their first two bytes in a second, exact map.
@@ -147,11 +145,96 @@ impl AtomFilter {
     }
 }
 
-/// Compiled body signatures: the patterns, and one Aho-Corasick automaton over their atoms.
+/// The distinct atoms, indexed by their first four bytes (or two, for shorter atoms), so a
+/// filter candidate is confirmed with one binary search and a byte comparison.
+#[derive(Debug, Default)]
+pub struct AtomTable {
+    bytes: Vec<u8>,
+    spans: Vec<(u32, u32)>,
+    long: Vec<(u32, u32)>,
+    short: Vec<(u16, u32)>,
+}
+
+impl AtomTable {
+    fn build(atoms: &[&[u8]]) -> Self {
+        let mut t = AtomTable::default();
+        for (id, a) in atoms.iter().enumerate() {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            let off = u32::try_from(t.bytes.len()).unwrap_or(u32::MAX);
+            t.bytes.extend_from_slice(a);
+            t.spans.push((off, u32::try_from(a.len()).unwrap_or(0)));
+            match a {
+                [b0, b1, b2, b3, ..] => t.long.push((u32::from_le_bytes([*b0, *b1, *b2, *b3]), id)),
+                [b0, b1, ..] => t.short.push((u16::from_le_bytes([*b0, *b1]), id)),
+                _ => {}
+            }
+        }
+        t.long.sort_unstable();
+        t.short.sort_unstable();
+        t
+    }
+
+    fn atom(&self, id: u32) -> &[u8] {
+        let (off, len) = self.spans.get(id as usize).copied().unwrap_or((0, 0));
+        self.bytes
+            .get(off as usize..(off as usize + len as usize))
+            .unwrap_or(&[])
+    }
+
+    /// Call `f(atom id)` for every atom that occurs in `data` at `pos`.
+    #[inline]
+    pub fn atoms_at(&self, data: &[u8], pos: usize, mut f: impl FnMut(usize)) {
+        let tail = data.get(pos..).unwrap_or(&[]);
+        if let [b0, b1, b2, b3, ..] = tail {
+            let key = u32::from_le_bytes([*b0, *b1, *b2, *b3]);
+            let start = self.long.partition_point(|e| e.0 < key);
+            for &(k, id) in self.long.get(start..).unwrap_or(&[]) {
+                if k != key {
+                    break;
+                }
+                if tail.starts_with(self.atom(id)) {
+                    f(id as usize);
+                }
+            }
+        }
+        if let (false, [b0, b1, ..]) = (self.short.is_empty(), tail) {
+            let key = u16::from_le_bytes([*b0, *b1]);
+            let start = self.short.partition_point(|e| e.0 < key);
+            for &(k, id) in self.short.get(start..).unwrap_or(&[]) {
+                if k != key {
+                    break;
+                }
+                if tail.starts_with(self.atom(id)) {
+                    f(id as usize);
+                }
+            }
+        }
+    }
+
+    /// Number of distinct atoms.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+            + self.spans.capacity() * 8
+            + self.long.capacity() * 8
+            + self.short.capacity() * 8
+    }
+}
+
+/// Compiled body signatures: the patterns, a prefilter over their atoms' first bytes, and an
+/// exact table of the atoms.
 #[derive(Debug, Default)]
 pub struct BodyDb {
     sigs: Vec<BodySig>,
-    ac: Option<NFA>,
+    atoms: AtomTable,
     filter: AtomFilter,
     refs_start: Vec<u32>,
     refs: Vec<AtomRef>,
@@ -161,20 +244,27 @@ pub struct BodyDb {
 }
 
 impl BodyDb {
-    pub(crate) fn build(sigs: Vec<BodySig>) -> Result<Self, aho_corasick::BuildError> {
+    pub(crate) fn build(sigs: Vec<BodySig>) -> Self {
         let mut atom_ids: HashMap<&[u8], u32> = HashMap::new();
         let mut atoms: Vec<&[u8]> = Vec::new();
         let mut per_atom: Vec<Vec<AtomRef>> = Vec::new();
         let mut anchored = Vec::new();
         let mut max_atom = 0;
-        for (i, s) in sigs.iter().enumerate() {
+        // Choosing atoms is the costly part of a large set: do it in parallel.
+        let choices: Vec<Option<(usize, usize, &[u8])>> = sigs
+            .par_iter()
+            .map(|s| {
+                if s.offset.is_anchored() {
+                    None
+                } else {
+                    s.pattern.best_atom()
+                }
+            })
+            .collect();
+        for (i, choice) in choices.into_iter().enumerate() {
             let sig = u32::try_from(i).unwrap_or(u32::MAX);
-            if s.offset.is_anchored() {
-                anchored.push(sig);
-                continue;
-            }
             // Parsing guarantees an atom for every floating signature.
-            let Some((seg, off, atom)) = s.pattern.best_atom() else {
+            let Some((seg, off, atom)) = choice else {
                 anchored.push(sig);
                 continue;
             };
@@ -193,15 +283,7 @@ impl BodyDb {
             }
         }
         let filter = AtomFilter::build(&atoms);
-        let ac = if atoms.is_empty() {
-            None
-        } else {
-            Some(
-                aho_corasick::nfa::contiguous::Builder::new()
-                    .match_kind(MatchKind::Standard)
-                    .build(&atoms)?,
-            )
-        };
+        let table = AtomTable::build(&atoms);
         let mut refs_start = Vec::with_capacity(per_atom.len() + 1);
         let mut refs = Vec::new();
         for v in per_atom {
@@ -210,16 +292,16 @@ impl BodyDb {
         }
         refs_start.push(u32::try_from(refs.len()).unwrap_or(u32::MAX));
         let has_typed = sigs.iter().any(|s| s.target != Target::Any);
-        Ok(BodyDb {
+        BodyDb {
             sigs,
-            ac,
+            atoms: table,
             filter,
             refs_start,
             refs,
             anchored,
             max_atom,
             has_typed,
-        })
+        }
     }
 
     /// All body signatures.
@@ -230,12 +312,11 @@ impl BodyDb {
     pub fn filter(&self) -> &AtomFilter {
         &self.filter
     }
-    /// The anchored automaton over atoms, if any signature floats: run it at a position to
-    /// learn which atoms start there.
-    pub fn automaton(&self) -> Option<&NFA> {
-        self.ac.as_ref()
+    /// The exact table of atoms.
+    pub fn atoms(&self) -> &AtomTable {
+        &self.atoms
     }
-    /// The signatures using atom `pattern` (an Aho-Corasick pattern id).
+    /// The signatures using atom `pattern` (an [`AtomTable`] id).
     #[inline]
     pub fn refs(&self, pattern: usize) -> &[AtomRef] {
         let s = self.refs_start.get(pattern).copied().unwrap_or(0) as usize;
@@ -262,9 +343,9 @@ impl BodyDb {
     pub fn is_empty(&self) -> bool {
         self.sigs.is_empty()
     }
-    /// Heap bytes of the automaton.
-    pub fn automaton_bytes(&self) -> usize {
-        self.ac.as_ref().map_or(0, |a| a.memory_usage()) + self.filter.heap_bytes()
+    /// Heap bytes of the atom filter and table.
+    pub fn index_bytes(&self) -> usize {
+        self.atoms.heap_bytes() + self.filter.heap_bytes()
     }
 }
 
@@ -368,6 +449,6 @@ impl SignatureSet {
         self.names.heap_bytes()
             + self.hashes.heap_bytes()
             + self.allow.heap_bytes()
-            + self.bodies.automaton_bytes()
+            + self.bodies.index_bytes()
     }
 }
