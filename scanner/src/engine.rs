@@ -8,8 +8,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The Aho-Corasick search runs over blocks of this many bytes (overlapping by the longest
-/// atom), so the time limit is checked between blocks.
+/// The atom search runs over blocks of this many bytes (atoms may run past a block's end), so
+/// the time limit is checked between blocks.
 pub const BLOCK: usize = 1 << 20;
 /// Files smaller than this are read into a reused buffer instead of mapped.
 const SMALL_FILE: u64 = 256 << 10;

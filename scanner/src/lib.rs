@@ -21,9 +21,15 @@
 //! # How it is fast
 //! - Hash signatures are indexed by file size: a file is hashed only when a signature of its
 //!   size (or of any size) exists, and only with the algorithms such signatures use.
-//! - Body signatures: one Aho-Corasick automaton over the best literal atom of each signature;
-//!   each hit is verified exactly (wildcards, jumps, alternatives, offsets). Signatures pinned
-//!   to an offset are checked there directly.
+//! - Body signatures: each signature's best literal atom (up to 8 rare bytes) is indexed. At
+//!   every position a bitmap over a hash of the next four bytes (about 256 bits per atom, so
+//!   it stays in the L2 cache) rules out almost all positions, eight per step; the few left are
+//!   confirmed against an exact, sorted atom table, and each atom hit is verified exactly
+//!   (wildcards, jumps in both directions, alternatives, offsets). Signatures pinned to an
+//!   offset are checked there directly.
+//!   The `aho-corasick` crate was tried first: its DFA in overlapping mode ran at 120 MB/s per
+//!   core on the benchmark corpus (the transition table of 5,000 random atoms misses the
+//!   cache), and its NFA took over a second and ~250 MB to build for 200,000 atoms.
 //! - YARA rules run through one shared `yara_x::Rules`, with a `yara_x::Scanner` per worker,
 //!   only when the set holds YARA rules.
 //!

@@ -165,7 +165,7 @@ fn offsets_absolute_shift_and_eof() {
     assert!(!hit("S:0:EOF-5:41424344", b"....ABCD"));
     assert!(hit("S:0:EOF-6,2:41424344", b"....ABCD"));
     assert!(!hit("S:0:EOF-100:41424344", b"....ABCD"));
-    // Floating offsets too wide to anchor go through the automaton.
+    // Floating offsets too wide to anchor go through the atom index.
     assert!(hit("S:0:100,1000:41424344", &pad(600, b"ABCD", 5)));
     assert!(!hit("S:0:100,1000:41424344", &pad(1200, b"ABCD", 5)));
     assert!(!hit("S:0:100,1000:41424344", &pad(50, b"ABCD", 5)));
@@ -213,7 +213,7 @@ fn overlapping_and_adjacent_matches_of_different_signatures() {
 
 #[test]
 fn matches_straddling_internal_block_boundaries() {
-    // The automaton runs over BLOCK-sized windows; plant every alignment across the boundary.
+    // The atom search runs over BLOCK-sized blocks; plant every alignment across the boundary.
     let set = ndb("S:0:*:deadbeefcafebabe{2-5}0102");
     let mut s = Scanner::new(&set);
     let pattern = [

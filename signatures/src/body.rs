@@ -15,7 +15,7 @@ use crate::lines::Parsed;
 pub const MAX_JUMP: u32 = 16 << 20;
 /// Largest number of patterns one signature may expand to through variable-length alternatives.
 pub const MAX_EXPANSION: usize = 64;
-/// Longest literal atom fed to the Aho-Corasick automaton.
+/// Longest literal atom chosen per signature (the unit the prefilter and atom table index).
 pub const MAX_ATOM: usize = 8;
 /// Offset shifts up to this many positions are verified directly instead of through atoms.
 pub const MAX_ANCHORED_SHIFT: u32 = 256;

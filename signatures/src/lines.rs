@@ -50,7 +50,6 @@ where
         // Fill the buffer up to BLOCK bytes.
         let start_len = buf.len();
         let want = BLOCK.saturating_sub(buf.len()).max(1 << 16);
-        buf.reserve(want);
         let mut filled = 0;
         while filled < want {
             let old = buf.len();

@@ -5,7 +5,7 @@ use crate::hash::{HashTables, NameArena};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// Where an Aho-Corasick atom sits in a body signature.
+/// Where an atom sits in a body signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AtomRef {
     /// Index into [`BodyDb::sigs`].
@@ -444,7 +444,7 @@ impl SignatureSet {
     pub fn sources(&self) -> &[String] {
         &self.sources
     }
-    /// Approximate heap bytes held by the set (tables, names, automaton; not YARA).
+    /// Approximate heap bytes held by the set (tables, names, atom index; not YARA).
     pub fn heap_bytes(&self) -> usize {
         self.names.heap_bytes()
             + self.hashes.heap_bytes()

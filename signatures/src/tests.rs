@@ -325,7 +325,7 @@ fn anchored_signatures_need_no_atom() {
     // Pinned to offset 0, a pattern of wildcards and single bytes is fine.
     let set = load("a.ndb", b"Anch:0:0:4d??5a\n").unwrap();
     assert_eq!(set.bodies().anchored().len(), 1);
-    assert!(set.bodies().automaton().is_none());
+    assert!(set.bodies().atoms().is_empty());
 }
 
 #[test]
