@@ -228,14 +228,17 @@ impl Tok {
 /// A fixed-length run of items.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
-    toks: Vec<Tok>,
+    toks: Box<[Tok]>,
     len: usize,
 }
 
 impl Segment {
     fn new(toks: Vec<Tok>) -> Self {
         let len = toks.iter().map(Tok::len).sum();
-        Segment { toks, len }
+        Segment {
+            toks: toks.into_boxed_slice(),
+            len,
+        }
     }
     /// Length in bytes.
     pub fn len(&self) -> usize {
@@ -281,8 +284,8 @@ pub struct Gap {
 /// A compiled hex signature: segments separated by gaps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
-    segs: Vec<Segment>,
-    gaps: Vec<Gap>,
+    segs: Box<[Segment]>,
+    gaps: Box<[Gap]>,
 }
 
 impl Pattern {
@@ -885,7 +888,10 @@ fn segment(items: Vec<Item>) -> Result<Pattern, LineError> {
         ));
     }
     segs.push(Segment::new(toks));
-    Ok(Pattern { segs, gaps })
+    Ok(Pattern {
+        segs: segs.into_boxed_slice(),
+        gaps: gaps.into_boxed_slice(),
+    })
 }
 
 /// Parse a bare hex signature (no name, target or offset). For tests and tools.

@@ -218,7 +218,7 @@ impl Loader {
                 self.load_hashes(name, reader, md5_only, allow, size_hint)
             }
             DbKind::Ign2 => self.load_ign2(name, reader),
-            DbKind::Ndb => self.load_ndb(name, reader),
+            DbKind::Ndb => self.load_ndb(name, reader, size_hint),
             #[cfg(feature = "yara")]
             DbKind::Yara => self.load_yara(name, reader),
             #[cfg(not(feature = "yara"))]
@@ -333,7 +333,12 @@ impl Loader {
         Ok(())
     }
 
-    fn load_ndb(&mut self, source: &str, reader: impl Read) -> io::Result<()> {
+    fn load_ndb(&mut self, source: &str, reader: impl Read, size_hint: u64) -> io::Result<()> {
+        if size_hint > 1 << 20 {
+            // About 75 bytes a line: reserve once rather than double a large vector.
+            self.bodies
+                .reserve(usize::try_from(size_hint / 64).unwrap_or(0));
+        }
         let Self {
             bodies,
             errors,
