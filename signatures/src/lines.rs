@@ -26,11 +26,49 @@ type Outcome<T> = Result<Parsed<T>, LineError>;
 /// Parsed lines of one piece: (line number in piece, line start, line end, outcome).
 type PieceLines<T> = Vec<(u64, usize, usize, Outcome<T>)>;
 
+/// A reader that may move to another thread (so reading overlaps parsing), or one that may not
+/// (members of a tar archive), read in turn with parsing.
+pub(crate) enum Input<'a> {
+    /// Read on a worker thread while the previous block is parsed.
+    Shared(&'a mut (dyn Read + Send)),
+    /// Read on the calling thread.
+    Local(&'a mut dyn Read),
+}
+
+impl Input<'_> {
+    pub(crate) fn as_read(&mut self) -> &mut dyn Read {
+        match self {
+            Input::Shared(r) => *r,
+            Input::Local(r) => *r,
+        }
+    }
+}
+
+/// Read up to one block more into `buf`, show the new bytes to `on_block`, and return whether
+/// the input ended.
+fn fill(
+    reader: &mut dyn Read,
+    buf: &mut Vec<u8>,
+    on_block: &mut dyn FnMut(&[u8]),
+) -> io::Result<bool> {
+    let start = buf.len();
+    let mut eof = false;
+    while buf.len() - start < BLOCK {
+        let want = (BLOCK - (buf.len() - start)) as u64;
+        if reader.take(want).read_to_end(buf)? == 0 {
+            eof = true;
+            break;
+        }
+    }
+    on_block(buf.get(start..).unwrap_or(&[]));
+    Ok(eof)
+}
+
 /// Parse every non-empty, non-comment line of `reader` with `parse`, in parallel, and feed the
 /// results to `sink(line_bytes, line_number, outcome)` in order. `on_block` sees every raw block
-/// (for digests).
+/// (for digests). Reading the next block overlaps with parsing the current one.
 pub(crate) fn parse_lines<T, P, S, B>(
-    mut reader: impl Read,
+    mut input: Input<'_>,
     parse: P,
     mut sink: S,
     mut on_block: B,
@@ -39,38 +77,23 @@ where
     T: Send,
     P: Fn(&[u8]) -> Outcome<T> + Sync,
     S: FnMut(&[u8], u64, Outcome<T>),
-    B: FnMut(&[u8]),
+    B: FnMut(&[u8]) + Send,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(BLOCK.min(1 << 16));
+    let mut cur: Vec<u8> = Vec::new();
+    let mut next: Vec<u8> = Vec::new();
     let mut line_no: u64 = 0;
     let mut skipping_long = false;
     let mut pool: Vec<(u64, PieceLines<T>)> = Vec::new();
-    let mut eof = false;
-    while !eof {
-        // Fill the buffer up to BLOCK bytes.
-        let start_len = buf.len();
-        let want = BLOCK.saturating_sub(buf.len()).max(1 << 16);
-        let mut filled = 0;
-        while filled < want {
-            let old = buf.len();
-            let n = (&mut reader)
-                .take((want - filled) as u64)
-                .read_to_end(&mut buf)?;
-            debug_assert_eq!(buf.len(), old + n);
-            if n == 0 {
-                eof = true;
-                break;
-            }
-            filled += n;
-        }
-        on_block(buf.get(start_len..).unwrap_or(&[]));
+    let mut eof = fill(input.as_read(), &mut cur, &mut on_block)?;
+    loop {
         let cut = if eof {
-            buf.len()
+            cur.len()
         } else {
-            match memchr::memrchr(b'\n', &buf) {
+            match memchr::memrchr(b'\n', &cur) {
                 Some(p) => p + 1,
                 None => {
-                    if buf.len() >= MAX_LINE {
+                    // No complete line yet: an overlong line is reported once and skipped.
+                    if cur.len() >= MAX_LINE {
                         if !skipping_long {
                             line_no += 1;
                             sink(
@@ -84,36 +107,53 @@ where
                             );
                             skipping_long = true;
                         }
-                        buf.clear();
+                        cur.clear();
                     }
+                    eof = fill(input.as_read(), &mut cur, &mut on_block)?;
                     continue;
                 }
             }
         };
-        let (body, _) = buf.split_at(cut);
-        let mut body = body;
+        // The partial last line starts the next buffer.
+        next.clear();
+        next.extend_from_slice(cur.get(cut..).unwrap_or(&[]));
+        cur.truncate(cut);
+        let mut start = 0;
         if skipping_long {
-            // Drop the rest of the overlong line.
-            let nl = memchr::memchr(b'\n', body).map_or(body.len(), |p| p + 1);
-            body = body.get(nl..).unwrap_or(&[]);
+            start = memchr::memchr(b'\n', &cur).map_or(cur.len(), |p| p + 1);
             skipping_long = false;
         }
-        process_block(body, &parse, &mut sink, &mut line_no, &mut pool);
-        buf.drain(..cut);
+        let body = cur.get(start..).unwrap_or(&[]);
+        let pieces = match (&mut input, eof) {
+            (_, true) => parse_block(body, &parse, &mut pool),
+            (Input::Shared(reader), false) => {
+                let reader: &mut (dyn Read + Send) = &mut **reader;
+                let (pieces, read) = rayon::join(
+                    || parse_block(body, &parse, &mut pool),
+                    || fill(reader, &mut next, &mut on_block),
+                );
+                eof = read?;
+                pieces
+            }
+            (Input::Local(reader), false) => {
+                let pieces = parse_block(body, &parse, &mut pool);
+                eof = fill(&mut **reader, &mut next, &mut on_block)?;
+                pieces
+            }
+        };
+        sink_block(body, &mut sink, &mut line_no, &mut pool, pieces);
+        if eof && next.is_empty() {
+            break;
+        }
+        std::mem::swap(&mut cur, &mut next);
     }
     Ok(())
 }
 
-fn process_block<T, P, S>(
-    body: &[u8],
-    parse: &P,
-    sink: &mut S,
-    line_no: &mut u64,
-    pool: &mut Vec<(u64, PieceLines<T>)>,
-) where
+fn parse_block<T, P>(body: &[u8], parse: &P, pool: &mut Vec<(u64, PieceLines<T>)>) -> usize
+where
     T: Send,
     P: Fn(&[u8]) -> Outcome<T> + Sync,
-    S: FnMut(&[u8], u64, Outcome<T>),
 {
     // Cut into pieces at newlines.
     let mut pieces = Vec::new();
@@ -134,7 +174,7 @@ fn process_block<T, P, S>(
         pool.resize_with(pieces.len(), || (0, Vec::new()));
     }
     let Some(slots) = pool.get_mut(..pieces.len()) else {
-        return;
+        return 0;
     };
     let run = |slot: &mut (u64, PieceLines<T>), &(s, e): &(usize, usize)| {
         let piece = body.get(s..e).unwrap_or(&[]);
@@ -182,7 +222,19 @@ fn process_block<T, P, S>(
             .zip(pieces.iter())
             .for_each(|(slot, piece)| run(slot, piece));
     }
-    for (count, items) in slots.iter_mut() {
+    pieces.len()
+}
+
+fn sink_block<T, S>(
+    body: &[u8],
+    sink: &mut S,
+    line_no: &mut u64,
+    pool: &mut [(u64, PieceLines<T>)],
+    pieces: usize,
+) where
+    S: FnMut(&[u8], u64, Outcome<T>),
+{
+    for (count, items) in pool.iter_mut().take(pieces) {
         for (n, s, e, outcome) in items.drain(..) {
             sink(body.get(s..e).unwrap_or(&[]), *line_no + n, outcome);
         }

@@ -4,7 +4,7 @@
 use crate::body::{parse_ndb_line, BodySig};
 use crate::error::{ErrorCode, LineError, LoadError, ParseError};
 use crate::hash::{parse_hash_line, HashKind, HashTables, NameArena, FLEVEL};
-use crate::lines::{parse_lines, Parsed};
+use crate::lines::{parse_lines, Input, Parsed};
 use crate::set::{BodyDb, Counts, SignatureSet};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -180,23 +180,27 @@ impl Loader {
         })?;
         let name = path.display().to_string();
         let hint = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.add_reader(&name, &mut BufReader::with_capacity(1 << 16, file), hint)
-            .map_err(|source| LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
+        self.add_reader(
+            &name,
+            Input::Shared(&mut BufReader::with_capacity(1 << 16, file)),
+            hint,
+        )
+        .map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Add signatures from memory; `name`'s extension selects the format.
     pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), LoadError> {
-        self.add_reader(name, &mut { data }, data.len() as u64)
+        self.add_reader(name, Input::Shared(&mut { data }), data.len() as u64)
             .map_err(|source| LoadError::Io {
                 path: name.into(),
                 source,
             })
     }
 
-    fn add_reader(&mut self, name: &str, reader: &mut dyn Read, size_hint: u64) -> io::Result<()> {
+    fn add_reader(&mut self, name: &str, mut reader: Input<'_>, size_hint: u64) -> io::Result<()> {
         let base = name.rsplit(['/', '\\', ':']).next().unwrap_or(name);
         let Some(kind) = kind_of(base) else {
             self.errors.push(
@@ -220,23 +224,24 @@ impl Loader {
             DbKind::Ign2 => self.load_ign2(name, reader),
             DbKind::Ndb => self.load_ndb(name, reader, size_hint),
             #[cfg(feature = "yara")]
-            DbKind::Yara => self.load_yara(name, reader),
+            DbKind::Yara => self.load_yara(name, reader.as_read()),
             #[cfg(not(feature = "yara"))]
             DbKind::Yara => {
+                let _ = &mut reader;
                 self.errors.push(
                     LineError::new(0, ErrorCode::Yara, "this build of svm has no YARA support")
                         .at(name, 0),
                 );
                 Ok(())
             }
-            DbKind::Container => self.load_container(name, reader),
+            DbKind::Container => self.load_container(name, reader.as_read()),
             DbKind::Unsupported(what) => {
-                let n = self.count_lines(reader)?;
+                let n = self.count_lines(reader.as_read())?;
                 *self.skipped.entry(what).or_default() += n;
                 Ok(())
             }
             DbKind::Metadata => {
-                self.count_lines(reader)?;
+                self.count_lines(reader.as_read())?;
                 Ok(())
             }
         }
@@ -265,7 +270,7 @@ impl Loader {
     fn load_hashes(
         &mut self,
         source: &str,
-        reader: impl Read,
+        reader: Input<'_>,
         md5_only: bool,
         allow: bool,
         size_hint: u64,
@@ -333,7 +338,7 @@ impl Loader {
         Ok(())
     }
 
-    fn load_ndb(&mut self, source: &str, reader: impl Read, size_hint: u64) -> io::Result<()> {
+    fn load_ndb(&mut self, source: &str, reader: Input<'_>, size_hint: u64) -> io::Result<()> {
         if size_hint > 1 << 20 {
             // About 75 bytes a line: reserve once rather than double a large vector.
             self.bodies
@@ -364,7 +369,7 @@ impl Loader {
         )
     }
 
-    fn load_ign2(&mut self, source: &str, reader: impl Read) -> io::Result<()> {
+    fn load_ign2(&mut self, source: &str, reader: Input<'_>) -> io::Result<()> {
         let Self {
             ignored,
             errors,
@@ -558,7 +563,7 @@ impl Loader {
             }
             let inner = format!("{source}:{member}");
             let hint = entry.header().size().unwrap_or(0).min(MAX_CONTAINER_BYTES);
-            self.add_reader(&inner, &mut entry, hint)?;
+            self.add_reader(&inner, Input::Local(&mut entry), hint)?;
         }
         Ok(())
     }
