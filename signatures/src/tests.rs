@@ -558,3 +558,23 @@ fn comments_and_blank_lines_are_not_signatures() {
     .unwrap();
     assert_eq!(set.counts().body, 1);
 }
+
+#[test]
+fn large_container_member_spans_blocks_with_right_line_numbers() {
+    // A member larger than one read block is parsed block by block on the calling thread.
+    let mut hsb = String::new();
+    let n = 150_000u64;
+    for i in 0..n {
+        hsb.push_str(&format!("{:064x}:{}:Big.{}\n", i, 1000 + i % 3, i));
+    }
+    hsb.push_str("not a hash line\n");
+    assert!(hsb.len() > 8 << 20);
+    let body = make_tar_gz(&[("big.hsb", hsb.as_bytes())]);
+    let cvd = make_cvd(&body, true);
+    let e = one_error("big.cvd", &cvd);
+    assert_eq!((e.source.as_str(), e.line), ("big.cvd:big.hsb", n + 1));
+    let mut l = Loader::new(LoadOptions::strict().skip_invalid(true));
+    l.add_bytes("big.cvd", &cvd).unwrap();
+    let set = l.build().unwrap();
+    assert_eq!(set.counts().sha256, n);
+}
