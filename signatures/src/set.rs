@@ -185,29 +185,16 @@ impl AtomTable {
     #[inline]
     pub fn atoms_at(&self, data: &[u8], pos: usize, mut f: impl FnMut(usize)) {
         let tail = data.get(pos..).unwrap_or(&[]);
-        if let [b0, b1, b2, b3, ..] = tail {
-            let key = u32::from_le_bytes([*b0, *b1, *b2, *b3]);
-            let start = self.long.partition_point(|e| e.0 < key);
-            for &(k, id) in self.long.get(start..).unwrap_or(&[]) {
-                if k != key {
-                    break;
-                }
-                if tail.starts_with(self.atom(id)) {
-                    f(id as usize);
-                }
+        let mut check = |id: u32| {
+            if tail.starts_with(self.atom(id)) {
+                f(id as usize);
             }
+        };
+        if let [b0, b1, b2, b3, ..] = tail {
+            with_key(&self.long, u32::from_le_bytes([*b0, *b1, *b2, *b3])).for_each(&mut check);
         }
         if let (false, [b0, b1, ..]) = (self.short.is_empty(), tail) {
-            let key = u16::from_le_bytes([*b0, *b1]);
-            let start = self.short.partition_point(|e| e.0 < key);
-            for &(k, id) in self.short.get(start..).unwrap_or(&[]) {
-                if k != key {
-                    break;
-                }
-                if tail.starts_with(self.atom(id)) {
-                    f(id as usize);
-                }
-            }
+            with_key(&self.short, u16::from_le_bytes([*b0, *b1])).for_each(&mut check);
         }
     }
 
@@ -227,6 +214,17 @@ impl AtomTable {
             + self.long.capacity() * 8
             + self.short.capacity() * 8
     }
+}
+
+/// The ids stored under `key` in a table sorted by key.
+fn with_key<K: Ord + Copy>(index: &[(K, u32)], key: K) -> impl Iterator<Item = u32> + '_ {
+    let start = index.partition_point(|e| e.0 < key);
+    index
+        .get(start..)
+        .unwrap_or(&[])
+        .iter()
+        .take_while(move |e| e.0 == key)
+        .map(|e| e.1)
 }
 
 /// Compiled body signatures: the patterns, a prefilter over their atoms' first bytes, and an
