@@ -4,11 +4,8 @@
 #   scripts/scan-quickstart.sh [PATH...]     (default: /usr/share/clamav-testfiles)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/svm-target}
-if [ "$(id -u)" = 0 ] && [ ! -d /usr/share/clamav-testfiles ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clamav-testfiles >/dev/null
-fi
+. scripts/common.sh
+ensure_testfiles
 cargo build --release -p svm
 paths=("$@")
 [ ${#paths[@]} -eq 0 ] && paths=(/usr/share/clamav-testfiles)

@@ -237,7 +237,7 @@ impl<'s> Scanner<'s> {
             Ok(f) => f,
             Err(e) => {
                 return unscanned(UnscannedReason::Io {
-                    error: io_reason(&e),
+                    error: io_error_text(&e),
                 })
             }
         };
@@ -250,13 +250,13 @@ impl<'s> Scanner<'s> {
             Ok(m) => m,
             Err(e) => {
                 return unscanned(UnscannedReason::Io {
-                    error: io_reason(&e),
+                    error: io_error_text(&e),
                 })
             }
         };
         if !meta.is_file() {
             return unscanned(UnscannedReason::NotRegularFile {
-                file_type: describe(&meta.file_type()),
+                file_type: file_type_name(&meta.file_type()).to_owned(),
             });
         }
         let size = meta.len();
@@ -281,7 +281,7 @@ impl<'s> Scanner<'s> {
             .read_to_end(&mut buf);
         let out = match read {
             Err(e) => unscanned(UnscannedReason::Io {
-                error: io_reason(&e),
+                error: io_error_text(&e),
             }),
             Ok(_) if buf.len() as u64 > limit => unscanned(UnscannedReason::TooLarge {
                 size: buf.len() as u64,
@@ -529,7 +529,8 @@ fn unscanned(reason: UnscannedReason) -> FileScan {
     }
 }
 
-fn io_reason(e: &std::io::Error) -> String {
+/// How svm words an I/O error on a file (clamscan's wording for the common two).
+pub fn io_error_text(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => "Access denied".to_owned(),
         std::io::ErrorKind::NotFound => "No such file or directory".to_owned(),
@@ -537,7 +538,8 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn describe(ft: &std::fs::FileType) -> String {
+/// A short name for a file type (`FIFO`, `socket`, `directory`, …).
+pub fn file_type_name(ft: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_dir() {
         "directory"
@@ -554,7 +556,6 @@ fn describe(ft: &std::fs::FileType) -> String {
     } else {
         "special file"
     }
-    .to_owned()
 }
 
 #[allow(unsafe_code)]

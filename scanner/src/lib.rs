@@ -44,5 +44,8 @@ mod engine;
 pub mod reference;
 mod verify;
 
-pub use engine::{FileScan, Limits, Match, MatchKind, ScanResult, Scanner, UnscannedReason, BLOCK};
+pub use engine::{
+    file_type_name, io_error_text, FileScan, Limits, Match, MatchKind, ScanResult, Scanner,
+    UnscannedReason, BLOCK,
+};
 pub use signatures::SignatureSet;

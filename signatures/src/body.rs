@@ -536,15 +536,6 @@ enum Item {
     Alt(Vec<Vec<(u8, u8)>>, bool),
 }
 
-fn hexval(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Parse a byte position (two characters) at `i`: hex byte, `??`, `a?` or `?a`.
 fn parse_pair(s: &[u8], i: usize) -> Result<(u8, u8), LineError> {
     let (Some(&a), Some(&b)) = (s.get(i), s.get(i + 1)) else {
@@ -554,13 +545,13 @@ fn parse_pair(s: &[u8], i: usize) -> Result<(u8, u8), LineError> {
             "incomplete byte: hex digits come in pairs",
         ));
     };
-    match (a, b, hexval(a), hexval(b)) {
+    match (a, b, crate::hash::hex_digit(a), crate::hash::hex_digit(b)) {
         (_, _, Some(h), Some(l)) => Ok(((h << 4) | l, 0xff)),
         (b'?', b'?', _, _) => Ok((0, 0)),
         (_, b'?', Some(h), _) => Ok((h << 4, 0xf0)),
         (b'?', _, _, Some(l)) => Ok((l, 0x0f)),
         _ => {
-            let bad = if hexval(a).is_none() && a != b'?' {
+            let bad = if crate::hash::hex_digit(a).is_none() && a != b'?' {
                 i
             } else {
                 i + 1

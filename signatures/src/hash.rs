@@ -140,6 +140,12 @@ static HEX: [u8; 256] = {
     t
 };
 
+/// The value of one hex digit.
+#[inline]
+pub(crate) fn hex_digit(c: u8) -> Option<u8> {
+    HEX.get(usize::from(c)).copied().filter(|v| *v != 0xff)
+}
+
 /// Decode hex without a branch per character (digests are random, so branches on digit vs
 /// letter mispredict half the time). False if `s` is not exactly `out.len()` hex pairs.
 fn decode_hex(s: &[u8], out: &mut [u8]) -> bool {

@@ -4,7 +4,7 @@ use crate::report::{Event, Report};
 use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, unbounded, Sender};
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use scanner::{Limits, ScanResult, Scanner};
+use scanner::{file_type_name, io_error_text, Limits, ScanResult, Scanner};
 use signatures::{LoadOptions, Loader, SignatureSet};
 use std::collections::HashSet;
 use std::fs;
@@ -172,7 +172,7 @@ impl<'a> Walk<'a> {
             // Paths named on the command line are followed even when they are links.
             match fs::metadata(root) {
                 Ok(meta) => self.visit(scope, root.clone(), meta),
-                Err(e) => self.error(root.clone(), io_msg(&e)),
+                Err(e) => self.error(root.clone(), io_error_text(&e)),
             }
         }
     }
@@ -198,7 +198,7 @@ impl<'a> Walk<'a> {
             let _ = self.work.send(path);
         } else {
             // FIFOs, sockets and devices are reported; opening a FIFO could block forever.
-            let what = describe(&ft);
+            let what = file_type_name(&ft);
             let _ = self.events.send(Event::Skipped {
                 path,
                 reason: format!("not a regular file ({what})"),
@@ -210,13 +210,13 @@ impl<'a> Walk<'a> {
         let _ = self.events.send(Event::Dir);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) => return self.error(dir, io_msg(&e)),
+            Err(e) => return self.error(dir, io_error_text(&e)),
         };
         for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    self.error(dir.clone(), io_msg(&e));
+                    self.error(dir.clone(), io_error_text(&e));
                     continue;
                 }
             };
@@ -224,7 +224,7 @@ impl<'a> Walk<'a> {
             let ft = match entry.file_type() {
                 Ok(ft) => ft,
                 Err(e) => {
-                    self.error(path, io_msg(&e));
+                    self.error(path, io_error_text(&e));
                     continue;
                 }
             };
@@ -243,14 +243,14 @@ impl<'a> Walk<'a> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         self.error(path, "Broken symbolic link".into())
                     }
-                    Err(e) => self.error(path, io_msg(&e)),
+                    Err(e) => self.error(path, io_error_text(&e)),
                 }
                 continue;
             }
             if ft.is_dir() || !ft.is_file() {
                 match fs::symlink_metadata(&path) {
                     Ok(meta) => self.visit(scope, path, meta),
-                    Err(e) => self.error(path, io_msg(&e)),
+                    Err(e) => self.error(path, io_error_text(&e)),
                 }
             } else if excluded(self.exclude, &path) {
                 let _ = self.events.send(Event::Excluded { path });
@@ -258,29 +258,6 @@ impl<'a> Walk<'a> {
                 let _ = self.work.send(path);
             }
         }
-    }
-}
-
-fn describe(ft: &fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "special file"
-    }
-}
-
-fn io_msg(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied => "Access denied".into(),
-        std::io::ErrorKind::NotFound => "No such file or directory".into(),
-        _ => e.to_string(),
     }
 }
 
