@@ -1,8 +1,8 @@
 //! Types shared between the security VM and whatever reports guest events to it: thin agents
 //! in guests and hypervisor introspection.
 //!
-//! For now this holds the identity newtypes and the verdict a guest receives. The wire
-//! protocol and the event sources come with the daemon.
+//! It holds the identity newtypes, the verdict a guest receives, and [`proto`], the thin-agent
+//! wire protocol (version 1; byte layouts in `docs/protocol.md`).
 //!
 //! ```
 //! use hypervisor_api::{Action, Verdict, VerdictDetail, VmId};
@@ -14,9 +14,12 @@
 //! ```
 //!
 //! # Current limitations
-//! - No protocol, no event sources yet: only the types.
+//! - No event sources yet (QEMU shared RAM, dumps, Xen): they come with memory introspection.
+//! - The protocol has no authentication of its own: who a guest is comes from the transport.
 
 #![forbid(unsafe_code)]
+
+pub mod proto;
 
 use serde::{Deserialize, Serialize};
 
