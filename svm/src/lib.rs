@@ -26,6 +26,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
+pub mod client;
+pub mod config;
 pub mod report;
 pub mod scan;
+pub mod serve;
 pub mod size;

@@ -22,6 +22,10 @@ struct Cli {
 enum Cmd {
     /// Scan files and directories (offline / on-demand), like clamscan.
     Scan(ScanArgs),
+    /// Run the security VM daemon: guest events in, allow/deny verdicts out.
+    Serve(ServeArgs),
+    /// Act as a guest: send files to a running `svm serve` and print its verdicts.
+    Check(CheckArgs),
     /// Signature tools.
     Sigs {
         #[command(subcommand)]
@@ -65,6 +69,44 @@ struct ScanArgs {
     #[arg(long)]
     no_summary: bool,
     /// Files and directories to scan.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration (policies, VM groups, limits); every setting has a default.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Signature file or directory (repeatable). Default: the embedded default set.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    databases: Vec<PathBuf>,
+    /// Unix socket for same-host agents and `svm check` [default: /run/svm/svm.sock].
+    #[arg(long, value_name = "PATH")]
+    listen: Option<PathBuf>,
+    /// Directory of QEMU virtio-serial sockets, one per VM, named VM.sock.
+    #[arg(long, value_name = "DIR")]
+    vm_socket_dir: Option<PathBuf>,
+    /// Address for /metrics and /healthz [default: 127.0.0.1:9310]; "" turns it off.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
+    /// Audit log file (JSON lines) [default: standard error].
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Scanner threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH", env = "SVM_SOCKET", default_value = svm::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// One JSON object per file.
+    #[arg(long)]
+    json: bool,
+    /// Files or directories.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
@@ -124,6 +166,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             svm::scan::run(&opts)
         }
+        Cmd::Serve(a) => {
+            svm::serve::run(svm::serve::ServeOptions {
+                config: a.config,
+                databases: a.databases,
+                listen: a.listen,
+                vm_socket_dir: a.vm_socket_dir,
+                metrics: a.metrics,
+                audit_log: a.audit_log,
+                workers: a.workers,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check(a) => svm::check::run(&svm::check::CheckOptions {
+            socket: a.socket,
+            paths: a.paths,
+            json: a.json,
+        }),
         Cmd::Sigs {
             cmd:
                 SigsCmd::Info {

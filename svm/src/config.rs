@@ -1,0 +1,405 @@
+//! `svm serve`'s configuration: a TOML file with `deny_unknown_fields` everywhere.
+//!
+//! ```toml
+//! [server]
+//! listen = "/run/svm/svm.sock"     # same-host agents (SO_PEERCRED → VM)
+//! vm_socket_dir = "/run/svm/vms"   # QEMU virtio-serial sockets, one per VM: NAME.sock
+//! metrics = "127.0.0.1:9310"       # Prometheus /metrics and /healthz ("" = off)
+//! audit_log = "/var/log/svm/audit.jsonl"
+//! workers = 2                      # scanner threads (default: one per core)
+//! cache_size = "256M"              # shared verdict cache, in bytes
+//! unknown_peers = "allow"          # unix peers with no [[vm]] entry: "allow" or "reject"
+//!
+//! [groups.default]
+//! on_infected = "deny"             # or "allow_and_log"
+//! on_timeout = "allow"             # fail-open; "deny" = fail-closed
+//! on_error = "allow"
+//! on_unscanned = "allow"
+//! deadline_ms = 2000
+//! max_file_size = "100M"
+//! exclude = ["/proc/**"]
+//!
+//! [[vm]]
+//! name = "ward3-17"
+//! group = "icu"
+//! uid = 1017                       # optional: a same-host agent running as this uid
+//! ```
+
+use crate::size::parse_size;
+use anyhow::{bail, Context, Result};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A size given as a number of bytes or a string like "256M".
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// What happens to an infected file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInfected {
+    /// Refuse the access.
+    Deny,
+    /// Let it through, but audit it.
+    AllowAndLog,
+}
+
+/// A fallback: fail-open or fail-closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Fail-open.
+    Allow,
+    /// Fail-closed.
+    Deny,
+}
+
+/// Unix-socket peers whose uid has no `[[vm]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownPeers {
+    /// Accept them as VM `uid-N` in group `default`.
+    Allow,
+    /// Refuse the connection.
+    Reject,
+}
+
+/// Policies of one VM group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupConfig {
+    /// Infected content.
+    pub on_infected: OnInfected,
+    /// No verdict before the deadline.
+    pub on_timeout: Fallback,
+    /// The content could not be read, spooled or scanned.
+    pub on_error: Fallback,
+    /// Over a size or scan-time limit.
+    pub on_unscanned: Fallback,
+    /// The longest a guest waits, in ms; event deadlines are capped by it.
+    pub deadline_ms: u32,
+    /// Larger files are not scanned (`on_unscanned`).
+    #[serde(deserialize_with = "de_size")]
+    pub max_file_size: u64,
+    /// Path globs that are allowed without a scan (counted as `excluded`).
+    pub exclude: Vec<String>,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            on_infected: OnInfected::Deny,
+            on_timeout: Fallback::Allow,
+            on_error: Fallback::Allow,
+            on_unscanned: Fallback::Allow,
+            deadline_ms: 2000,
+            max_file_size: 100 << 20,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// One configured VM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The VM id (also its socket's name in `vm_socket_dir`).
+    pub name: String,
+    /// Its group; must exist in `[groups]`.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// A same-host agent connecting with this uid is this VM.
+    pub uid: Option<u32>,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+/// Only for tests of deadlines: a scan whose content holds `marker` sleeps `ms` first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StallConfig {
+    /// Bytes that trigger the stall.
+    pub marker: String,
+    /// How long.
+    pub ms: u64,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The unix socket for same-host agents and `svm check`.
+    pub listen: PathBuf,
+    /// A directory of QEMU virtio-serial sockets, one per VM (`NAME.sock`).
+    pub vm_socket_dir: Option<PathBuf>,
+    /// `host:port` for `/metrics` and `/healthz`; empty = off.
+    pub metrics: String,
+    /// The audit log (JSON lines); empty = standard error.
+    pub audit_log: Option<PathBuf>,
+    /// Scanner threads; 0 = one per core.
+    pub workers: usize,
+    /// The shared verdict cache, in bytes.
+    #[serde(deserialize_with = "de_size")]
+    pub cache_size: u64,
+    /// Identity-cache entries per VM.
+    pub identity_cache_entries: usize,
+    /// Content up to this size stays in memory; larger content is spooled to a sealed memfd.
+    #[serde(deserialize_with = "de_size")]
+    pub memory_threshold: u64,
+    /// The most bytes one VM may have buffered or spooled at once.
+    #[serde(deserialize_with = "de_size")]
+    pub per_vm_spool_cap: u64,
+    /// Largest frame payload accepted.
+    #[serde(deserialize_with = "de_size")]
+    pub max_payload: u64,
+    /// Largest inline content.
+    #[serde(deserialize_with = "de_size")]
+    pub max_inline: u64,
+    /// Largest `READ_REQ` range.
+    #[serde(deserialize_with = "de_size")]
+    pub max_read_chunk: u64,
+    /// A frame must complete within this many ms once it has started (slowloris).
+    pub frame_timeout_ms: u64,
+    /// An agent must answer a `READ_REQ` within this many ms.
+    pub read_timeout_ms: u64,
+    /// `HELLO` must arrive within this many ms of the connection.
+    pub hello_timeout_ms: u64,
+    /// Pending events per connection.
+    pub max_pending: usize,
+    /// Simultaneous guest connections.
+    pub max_connections: usize,
+    /// Distinct VMs named in per-VM metrics; the rest are counted as `other`.
+    pub metrics_max_vms: usize,
+    /// Unix peers without a `[[vm]]` entry.
+    pub unknown_peers: UnknownPeers,
+    /// Longest scan of one content, in ms (then `on_unscanned`).
+    pub max_scan_time_ms: u64,
+    /// Testing aid only (see [`StallConfig`]).
+    pub test_stall: Option<StallConfig>,
+}
+
+/// The default socket path: `/run/svm/svm.sock`.
+pub const DEFAULT_SOCKET: &str = "/run/svm/svm.sock";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: PathBuf::from(DEFAULT_SOCKET),
+            vm_socket_dir: None,
+            metrics: "127.0.0.1:9310".into(),
+            audit_log: None,
+            workers: 0,
+            cache_size: 256 << 20,
+            identity_cache_entries: 100_000,
+            memory_threshold: 1 << 20,
+            per_vm_spool_cap: 2 << 30,
+            max_payload: u64::from(hypervisor_api::proto::DEFAULT_MAX_PAYLOAD),
+            max_inline: 512 << 10,
+            max_read_chunk: 512 << 10,
+            frame_timeout_ms: 10_000,
+            read_timeout_ms: 30_000,
+            hello_timeout_ms: 10_000,
+            max_pending: 64,
+            max_connections: 4096,
+            metrics_max_vms: 1024,
+            unknown_peers: UnknownPeers::Allow,
+            max_scan_time_ms: 60_000,
+            test_stall: None,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[groups.NAME]`.
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// `[[vm]]`.
+    pub vm: Vec<VmConfig>,
+}
+
+/// A group with its exclusion globs compiled.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// Its policies.
+    pub cfg: GroupConfig,
+    /// Compiled `exclude`.
+    pub exclude: GlobSet,
+}
+
+/// The configuration in the form the daemon uses; swapped whole on SIGHUP.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The parsed file.
+    pub cfg: Config,
+    /// Groups by name (always holds `default`).
+    pub groups: BTreeMap<String, std::sync::Arc<Group>>,
+}
+
+impl Resolved {
+    /// The group of a VM: its `[[vm]]` entry's, else `default`.
+    pub fn group_of(&self, vm: &str) -> std::sync::Arc<Group> {
+        let name = self
+            .cfg
+            .vm
+            .iter()
+            .find(|v| v.name == vm)
+            .map_or("default", |v| v.group.as_str());
+        match self.groups.get(name).or_else(|| self.groups.get("default")) {
+            Some(g) => g.clone(),
+            None => std::sync::Arc::new(Group {
+                name: "default".into(),
+                cfg: GroupConfig::default(),
+                exclude: GlobSet::empty(),
+            }),
+        }
+    }
+
+    /// The VM a same-host uid maps to.
+    pub fn vm_for_uid(&self, uid: u32) -> Option<&str> {
+        self.cfg
+            .vm
+            .iter()
+            .find(|v| v.uid == Some(uid))
+            .map(|v| v.name.as_str())
+    }
+}
+
+impl Config {
+    /// Read and check a file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parse and check TOML text.
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        Ok(cfg)
+    }
+
+    /// Check cross-references and compile globs.
+    pub fn resolve(self) -> Result<Resolved> {
+        let mut groups = BTreeMap::new();
+        let mut all = self.groups.clone();
+        all.entry("default".into()).or_default();
+        for (name, g) in all {
+            if g.deadline_ms == 0 {
+                bail!("group {name:?}: deadline_ms must be at least 1");
+            }
+            let mut b = GlobSetBuilder::new();
+            for pat in &g.exclude {
+                b.add(Glob::new(pat).with_context(|| format!("group {name:?}: exclude {pat:?}"))?);
+            }
+            let exclude = b.build()?;
+            groups.insert(
+                name.clone(),
+                std::sync::Arc::new(Group {
+                    name,
+                    cfg: g,
+                    exclude,
+                }),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for v in &self.vm {
+            if !groups.contains_key(&v.group) {
+                bail!("vm {:?}: unknown group {:?}", v.name, v.group);
+            }
+            if !valid_vm_name(&v.name) {
+                bail!(
+                    "vm {:?}: a VM name is 1-64 letters, digits, '.', '_' or '-'",
+                    v.name
+                );
+            }
+            if !seen.insert(v.name.as_str()) {
+                bail!("vm {:?} is listed twice", v.name);
+            }
+        }
+        let s = &self.server;
+        let max = u64::from(hypervisor_api::proto::HARD_MAX_PAYLOAD);
+        if s.max_payload > max || s.max_payload < 4096 {
+            bail!("server.max_payload must be between 4K and {max}");
+        }
+        if s.max_inline + 8192 > s.max_payload || s.max_read_chunk + 64 > s.max_payload {
+            bail!("server.max_inline and max_read_chunk must fit in max_payload with room for headers");
+        }
+        if s.max_read_chunk == 0 || s.max_pending == 0 || s.max_connections == 0 {
+            bail!("server.max_read_chunk, max_pending and max_connections must be positive");
+        }
+        Ok(Resolved { cfg: self, groups })
+    }
+}
+
+/// A VM id usable as a socket name, a label and a log field.
+pub fn valid_vm_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !s.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_groups() {
+        let c = Config::parse(
+            r#"
+            [server]
+            cache_size = "64M"
+            [groups.icu]
+            on_timeout = "deny"
+            deadline_ms = 500
+            exclude = ["/proc/**"]
+            [[vm]]
+            name = "ward3-17"
+            group = "icu"
+            uid = 1017
+            "#,
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(c.cfg.server.cache_size, 64 << 20);
+        let g = c.group_of("ward3-17");
+        assert_eq!(g.name, "icu");
+        assert_eq!(g.cfg.on_timeout, Fallback::Deny);
+        assert_eq!(g.cfg.on_infected, OnInfected::Deny);
+        assert!(g.exclude.is_match("/proc/1/maps"));
+        assert_eq!(c.group_of("other").name, "default");
+        assert_eq!(c.vm_for_uid(1017), Some("ward3-17"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_refs_are_errors() {
+        assert!(Config::parse("[server]\nlisen = \"/x\"").is_err());
+        assert!(Config::parse("[groups.a]\non_timeout = \"maybe\"").is_err());
+        let bad_group = Config::parse("[[vm]]\nname = \"a\"\ngroup = \"nope\"").unwrap();
+        assert!(bad_group.resolve().is_err());
+        let bad_name = Config::parse("[[vm]]\nname = \"../x\"").unwrap();
+        assert!(bad_name.resolve().is_err());
+    }
+}

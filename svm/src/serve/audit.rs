@@ -1,0 +1,173 @@
+//! The audit log (JSON lines, one record per non-clean verdict or policy fallback), written by
+//! its own thread so that guests never wait on the disk, and a rate limiter for log lines a
+//! guest can trigger.
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One audit record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// The VM (from the transport).
+    pub vm: Arc<str>,
+    /// Its group.
+    pub group: String,
+    /// open, exec, close_write.
+    pub op: &'static str,
+    /// The path as the guest reported it (lossy UTF-8).
+    pub path: String,
+    /// BLAKE3 of the content, when it was read.
+    pub content_hash: Option<String>,
+    /// Matching signatures.
+    pub signatures: Vec<String>,
+    /// Signature set version.
+    pub sigset_version: u64,
+    /// allow or deny (or none for a notification).
+    pub action: &'static str,
+    /// clean, infected, unscanned, timeout, error, excluded.
+    pub result: &'static str,
+    /// The policy that decided, when a fallback did.
+    pub policy: Option<&'static str>,
+    /// Why, for fallbacks.
+    pub reason: Option<String>,
+    /// Whether the verdict came from the cache (never told to the guest).
+    pub cached: bool,
+    /// Milliseconds from event to verdict.
+    pub latency_ms: f64,
+    /// The connection's session id.
+    pub session: u64,
+}
+
+/// The current time in RFC 3339, UTC, with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// A handle for sending records to the writer thread.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    tx: Sender<Record>,
+}
+
+/// Start the writer. `path` None = standard error. `dropped` counts records lost.
+pub fn start(
+    path: Option<&Path>,
+    dropped: prometheus_client::metrics::counter::Counter,
+) -> anyhow::Result<(Audit, std::thread::JoinHandle<()>)> {
+    let out: Box<dyn Write + Send> = match path {
+        Some(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| anyhow::anyhow!("opening audit log {}: {e}", p.display()))?,
+            )
+        }
+        None => Box::new(std::io::stderr()),
+    };
+    let (tx, rx) = bounded(65_536);
+    let h = std::thread::Builder::new()
+        .name("svm-audit".into())
+        .spawn(move || writer(rx, out, dropped))?;
+    Ok((Audit { tx }, h))
+}
+
+fn writer(
+    rx: Receiver<Record>,
+    mut out: Box<dyn Write + Send>,
+    dropped: prometheus_client::metrics::counter::Counter,
+) {
+    let mut line = Vec::with_capacity(512);
+    while let Ok(rec) = rx.recv() {
+        let mut batch = vec![rec];
+        batch.extend(rx.try_iter().take(1023));
+        for r in batch {
+            line.clear();
+            if serde_json::to_writer(&mut line, &r).is_err() {
+                dropped.inc();
+                continue;
+            }
+            line.push(b'\n');
+            if out.write_all(&line).is_err() {
+                dropped.inc();
+            }
+        }
+        if out.flush().is_err() {
+            dropped.inc();
+        }
+    }
+}
+
+impl Audit {
+    /// Queue a record; when the writer is far behind the record is counted as dropped.
+    pub fn log(&self, rec: Record, dropped: &prometheus_client::metrics::counter::Counter) {
+        match self.tx.try_send(rec) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                dropped.inc();
+            }
+        }
+    }
+}
+
+/// Allows `per_second` log lines per second per limiter; counts the rest.
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: u64,
+    window: AtomicU64,
+    count: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// A limiter.
+    pub const fn new(per_second: u64) -> Self {
+        LogLimiter {
+            per_second,
+            window: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may be logged now. When a new second starts, returns how many lines
+    /// the previous windows suppressed so the caller can say so.
+    pub fn allow(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.window.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_caps_a_burst() {
+        let l = LogLimiter::new(3);
+        let allowed = (0..100).filter(|_| l.allow().is_some()).count();
+        // At most two windows can be touched by a fast loop.
+        assert!((3..=6).contains(&allowed), "{allowed}");
+    }
+}
