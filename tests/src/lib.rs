@@ -1,10 +1,11 @@
 //! Helpers for the end-to-end tests: find and run the real `svm` binary.
 //!
 //! The tests in `tests/tests/` run `svm` as a user would, on corpora made by the `corpus`
-//! crate. Run them with `cargo test --workspace --release` so the binary is built.
+//! crate, and run `svm serve` as a real daemon ([`Daemon`]) that tests talk to in raw frames. Run them with `cargo test --workspace --release` so the binary is built.
 //!
 //! # Current limitations
-//! - Only `svm scan` exists to test so far.
+//! - Guests in these tests are test code speaking the protocol; real QEMU guests come with
+//!   the thin agent.
 
 #![forbid(unsafe_code)]
 
@@ -47,4 +48,137 @@ where
 /// Exit code of a finished run (-1 if killed by a signal).
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
+}
+
+/// A running `svm serve` in a temporary directory, stopped (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its directory (config, socket, audit log).
+    pub dir: tempfile::TempDir,
+    /// The unix socket.
+    pub socket: PathBuf,
+    /// `host:port` of /metrics.
+    pub metrics: String,
+    /// Everything it printed on standard error so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Start `svm serve` with this TOML config (the `[server]` listen, metrics and audit
+    /// settings are given on the command line) and `extra` arguments; wait until it is ready.
+    pub fn start(config: &str, extra: &[&str]) -> Daemon {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let cfg = dir.path().join("svm.toml");
+        std::fs::write(&cfg, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        let socket = dir.path().join("svm.sock");
+        let mut child = Command::new(svm_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--listen")
+            .arg(&socket)
+            .args(["--metrics", "127.0.0.1:0", "--audit-log"])
+            .arg(dir.path().join("audit.jsonl"))
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start svm serve: {e}"));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            let Some(pipe) = pipe else { return };
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" metrics=").nth(1) {
+                    if line.contains("ready:") {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = ready_tx.send(addr);
+                    }
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let metrics = match ready_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "svm serve did not become ready: {}",
+                    stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                );
+            }
+        };
+        Daemon {
+            child,
+            dir,
+            socket,
+            metrics,
+            stderr,
+        }
+    }
+
+    /// GET a path from the metrics server; returns the body.
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.metrics));
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The value of one metric line (`name{labels}` exactly as exposed), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        let body = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                (k == series).then(|| v.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// The audit log's records.
+    pub fn audit(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Send a signal by name (`TERM`, `HUP`).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(matches!(st, Ok(s) if s.success()), "kill -{sig} failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -40,6 +40,7 @@ fn kind(code: ErrorCode) -> &'static str {
         ErrorCode::VersionUnsupported => "version",
         ErrorCode::Timeout => "timeout",
         ErrorCode::DuplicateRequest => "duplicate_request",
+        ErrorCode::TooManyRequests => "too_many_requests",
         _ => "other",
     }
 }
@@ -152,11 +153,12 @@ pub async fn serve_conn<S>(
             }
             r = rd.read_buf(&mut buf), if read_open => match r {
                 Ok(0) | Err(_) => {
-                    // The guest is gone: drop read channels so its events end now.
+                    // The guest is gone (or half-closed): drop read channels so its events
+                    // end now.
                     read_open = false;
                     for p in pending.values_mut() { p.reads = None; }
                     if !buf.is_empty() {
-                        shared.metrics.protocol_errors.get_or_create(&KindLabels { kind: "truncated" }).inc();
+                        break 'conn Some((ErrorCode::Malformed, format!("the connection ended inside a frame ({} bytes buffered)", buf.len())));
                     }
                     if ctx.is_none() { break 'conn None; }
                 }
