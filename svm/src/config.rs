@@ -152,6 +152,8 @@ pub struct ServerConfig {
     pub audit_log: Option<PathBuf>,
     /// Scanner threads; 0 = one per core.
     pub workers: usize,
+    /// Async I/O threads (protocol, caches); 0 = one per core.
+    pub io_threads: usize,
     /// The shared verdict cache, in bytes.
     #[serde(deserialize_with = "de_size")]
     pub cache_size: u64,
@@ -203,6 +205,7 @@ impl Default for ServerConfig {
             metrics: "127.0.0.1:9310".into(),
             audit_log: None,
             workers: 0,
+            io_threads: 0,
             cache_size: 256 << 20,
             identity_cache_entries: 100_000,
             memory_threshold: 1 << 20,

@@ -33,3 +33,4 @@ pub mod report;
 pub mod scan;
 pub mod serve;
 pub mod size;
+pub mod storm;

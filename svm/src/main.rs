@@ -26,6 +26,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Act as a guest: send files to a running `svm serve` and print its verdicts.
     Check(CheckArgs),
+    /// Simulate N guests over the real protocol against fresh daemons and report latency,
+    /// throughput, scans and memory.
+    BenchStorm(StormArgs),
     /// Signature tools.
     Sigs {
         #[command(subcommand)]
@@ -111,6 +114,49 @@ struct CheckArgs {
     paths: Vec<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+struct StormArgs {
+    /// Simulated guests (each is its own VM socket).
+    #[arg(long, default_value_t = 440)]
+    guests: usize,
+    /// Files per guest, sampled from --from.
+    #[arg(long, default_value_t = 2000)]
+    files: usize,
+    /// Directory the files are sampled from.
+    #[arg(long, default_value = "/usr")]
+    from: PathBuf,
+    /// Leave out files larger than this.
+    #[arg(long, default_value = "64M", value_parser = svm::size::parse_size)]
+    max_file_size: u64,
+    /// linked: every guest has the same files (clones of one master); unique: its own.
+    #[arg(long, default_value = "linked", value_parser = ["linked", "unique"])]
+    mode: String,
+    /// Events in flight per guest.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Files up to this size are sent inline; larger ones when the SVM asks (READ_REQ).
+    #[arg(long, default_value = "4K", value_parser = svm::size::parse_size)]
+    inline_max: u64,
+    /// Repetitions, each with a fresh daemon.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Also run a paced warm phase at this many events/s in total (open loop).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Async threads of the load generator itself.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    /// One JSON object with every repetition.
+    #[arg(long)]
+    json: bool,
+    /// Extra arguments for `svm serve` (after --).
+    #[arg(last = true)]
+    serve_args: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum SigsCmd {
     /// Load a signature set and describe it (counts, skipped kinds, digest, load time).
@@ -175,6 +221,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 metrics: a.metrics,
                 audit_log: a.audit_log,
                 workers: a.workers,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchStorm(a) => {
+            svm::storm::run(&svm::storm::StormOptions {
+                guests: a.guests,
+                files: a.files,
+                from: a.from,
+                max_file_size: a.max_file_size,
+                linked: a.mode == "linked",
+                window: a.window.max(1),
+                inline_max: a.inline_max,
+                reps: a.reps.max(1),
+                rate: a.rate,
+                seed: a.seed,
+                client_threads: a.client_threads,
+                svm: std::env::current_exe()?,
+                serve_args: a.serve_args,
+                json: a.json,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -170,7 +170,10 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     });
     let threads = pipeline::start_workers(&shared, workers)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.clamp(1, 4))
+        .worker_threads(match server.io_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        })
         .thread_name("svm-io")
         .enable_all()
         .build()?;

@@ -364,14 +364,16 @@ fn finish(
 /// the work so the cache is filled, then `Done`.
 pub async fn run_event(
     ctx: EventCtx,
-    ev: FileEvent,
+    mut ev: FileEvent,
     group: Arc<Group>,
     reads: Option<mpsc::Receiver<ReadData>>,
     start: Instant,
     deadline: Instant,
 ) {
     let sigs = ctx.shared.sigs.load_full();
-    let work = obtain(&ctx, &ev, &group, &sigs, reads);
+    // The content moves into the pipeline; `ev` keeps the metadata.
+    let content = std::mem::replace(&mut ev.content, Content::Read);
+    let work = obtain(&ctx, &ev, content, &group, &sigs, reads);
     tokio::pin!(work);
     let mut answered = false;
     let result = if ev.op.waits() {
@@ -444,6 +446,7 @@ pub async fn run_event(
 async fn obtain(
     ctx: &EventCtx,
     ev: &FileEvent,
+    content: Content,
     group: &Group,
     sigs: &Arc<SigState>,
     reads: Option<mpsc::Receiver<ReadData>>,
@@ -508,7 +511,7 @@ async fn obtain(
             cached: false,
         });
     }
-    let (body, hash, size) = match read_content(ctx, ev, reads).await? {
+    let (body, hash, size) = match read_content(ctx, ev, content, reads).await? {
         Ok(x) => x,
         Err(why) => {
             return Ok(Decided {
@@ -608,13 +611,15 @@ const READ_WINDOW: u64 = 4;
 async fn read_content(
     ctx: &EventCtx,
     ev: &FileEvent,
+    content: Content,
     reads: Option<mpsc::Receiver<ReadData>>,
 ) -> Result<Result<(Body, [u8; 32], u64), String>, Failure> {
     let server = ctx.shared.config.load().cfg.server.clone();
-    match &ev.content {
+    match content {
         Content::Inline(data) => {
-            let hash = *blake3::hash(data).as_bytes();
-            Ok(Ok((Body::Mem(data.clone()), hash, data.len() as u64)))
+            let hash = *blake3::hash(&data).as_bytes();
+            let n = data.len() as u64;
+            Ok(Ok((Body::Mem(data), hash, n)))
         }
         Content::Fd => Ok(Err("fd passing is not supported by this SVM".into())),
         Content::Read => {
@@ -655,7 +660,7 @@ async fn read_content(
                     Ok(None) => return Err(Failure::Disconnected),
                     Err(_) => return Err(Failure::ReadTimeout),
                 };
-                if d.offset != off || d.offset != expect {
+                if d.offset != off {
                     return Err(Failure::Protocol(format!(
                         "request {}: READ_DATA for offset {} but {off} was next",
                         ev.request_id, d.offset
@@ -669,7 +674,13 @@ async fn read_content(
                     )));
                 }
                 if failed.is_some() {
-                    continue; // drain what is owed
+                    continue; // drain what is owed after a read error
+                }
+                if d.offset != expect {
+                    return Err(Failure::Protocol(format!(
+                        "request {}: READ_DATA at {} after {expect} bytes",
+                        ev.request_id, d.offset
+                    )));
                 }
                 match d.status {
                     ReadStatus::Ok if d.data.len() == len as usize => {}
