@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 ensure_testfiles
-cargo build --release -p svm
+cargo build --release --workspace
 paths=("$@")
 [ ${#paths[@]} -eq 0 ] && paths=(/usr/share/clamav-testfiles)
 set +e

@@ -1,7 +1,8 @@
 //! The svm binary's library: command implementations behind a thin `main`.
 //!
-//! `svm scan` is the offline, parallel corpus scan; `svm sigs info` loads a signature set and
-//! describes it. The daemon (`svm serve`) comes later.
+//! `svm serve` ([`serve`]) is the security VM daemon; `svm check` ([`check`]) and
+//! `svm bench-storm` ([`storm`]) act as guests over the real protocol; `svm scan` ([`scan`]) is
+//! the offline, parallel corpus scan; `svm sigs info` loads a signature set and describes it.
 //!
 //! ```no_run
 //! use svm::scan::{run, ScanOptions};
@@ -22,7 +23,8 @@
 //! ```
 //!
 //! # Current limitations
-//! - No daemon, no archives, no signature bundles yet.
+//! - No archives, no signature bundles, no hot signature reload yet.
+//! - The daemon takes no vsock and no SCM_RIGHTS fd passing yet, and does not drop privileges.
 
 #![forbid(unsafe_code)]
 

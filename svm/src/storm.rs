@@ -140,8 +140,12 @@ impl Daemon {
             .arg(dir.join("svm.sock"))
             .arg("--vm-socket-dir")
             .arg(dir.join("vms"))
-            .args(["--metrics", "127.0.0.1:0", "--audit-log"])
-            .arg(dir.join("audit.jsonl"))
+            .args(["--metrics", "127.0.0.1:0"])
+            .args(if o.serve_args.iter().any(|a| a == "--audit-log") {
+                Vec::new()
+            } else {
+                vec!["--audit-log".into(), dir.join("audit.jsonl")]
+            })
             .args(&o.serve_args)
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -207,7 +211,7 @@ impl Daemon {
         let mut last = -1.0;
         for _ in 0..600 {
             let now = self.metric("svm_scans_total");
-            if now == last && self.metric("svm_queue_depth") == 0.0 {
+            if now == last && self.metric("svm_scans_in_flight") == 0.0 {
                 return;
             }
             last = now;
@@ -453,15 +457,17 @@ async fn guest_pass(
             let mut lat = Vec::with_capacity(n);
             while lat.len() < n {
                 match rd.next().await? {
-                    Some(Message::Verdict(v)) => {
-                        let i = (v.request_id - id_base) as usize;
+                    Some(Message::Verdict(v)) if v.request_id >> 32 == pass_no => {
+                        let i = (v.request_id & 0xFFFF_FFFF) as usize;
                         let t0 = sent.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
                         let now = base.elapsed().as_nanos() as u64;
                         lat.push(((now.saturating_sub(t0)) / 1000).min(u64::from(u32::MAX)) as u32);
                         permits.add_permits(1);
                     }
                     Some(Message::ReadReq(r)) => {
-                        let i = (r.request_id - id_base) as usize;
+                        // Also from an earlier pass: after a deadline verdict the SVM goes
+                        // on reading to fill its caches, and an agent must keep answering.
+                        let i = (r.request_id & 0xFFFF_FFFF) as usize;
                         let d = content(&files, i, gi, linked);
                         let s = (r.offset as usize).min(d.len());
                         let e = (s + r.len as usize).min(d.len());

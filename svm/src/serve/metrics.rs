@@ -61,6 +61,8 @@ pub struct Metrics {
     pub hashed_bytes: Counter,
     /// Jobs waiting for a scanner.
     pub queue_depth: Gauge,
+    /// Scans queued or running (single-flight entries).
+    pub scans_in_flight: Gauge,
     /// Guest connections open.
     pub connections: Gauge,
     /// Seconds per scan.
@@ -105,6 +107,7 @@ impl Metrics {
             scanned_bytes: Counter::default(),
             hashed_bytes: Counter::default(),
             queue_depth: Gauge::default(),
+            scans_in_flight: Gauge::default(),
             connections: Gauge::default(),
             // 10 µs .. ~80 s.
             scan_seconds: Histogram::new(exponential_buckets(1e-5, 2.5, 18)),
@@ -144,6 +147,11 @@ impl Metrics {
             m.hashed_bytes.clone(),
         );
         r.register("queue_depth", "Scan jobs waiting", m.queue_depth.clone());
+        r.register(
+            "scans_in_flight",
+            "Scans queued or running",
+            m.scans_in_flight.clone(),
+        );
         r.register("connections", "Guest connections", m.connections.clone());
         r.register("scan_seconds", "Scan duration", m.scan_seconds.clone());
         r.register(

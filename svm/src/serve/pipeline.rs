@@ -561,6 +561,7 @@ async fn obtain(
             match shared.sched.push(prio, ctx.vm.idx, job) {
                 Ok(depth) => {
                     m.queue_depth.set(depth as i64);
+                    m.scans_in_flight.inc();
                     flights.insert(key, rx.clone());
                     rx
                 }
@@ -899,6 +900,7 @@ fn run_job(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&job.key);
+    m.scans_in_flight.dec();
     let _ = job.done.send(Some(Arc::new(outcome)));
 }
 
