@@ -624,7 +624,7 @@ pub fn run(o: &StormOptions) -> Result<()> {
         "mode": if o.linked { "linked" } else { "unique" },
         "window": o.window,
         "events_per_boot": o.guests * files.data.len(),
-        "unique_contents": if o.linked { files.unique } else { files.data.len() * o.guests },
+        "unique_contents": if o.linked { files.unique } else { files.unique * o.guests },
         "reps": reps,
     });
     if o.json {
@@ -659,10 +659,12 @@ fn print_table(o: &StormOptions, files: &Sample, reps: &[Rep]) {
         reps.len()
     );
     let scans = med(&|r| r.boot1_scans);
+    // In unique mode each guest's files carry its own suffix; duplicates inside one guest's
+    // set stay duplicates.
     let unique = if o.linked {
         files.unique
     } else {
-        files.data.len() * o.guests
+        files.unique * o.guests
     };
     println!(
         "  boot 1 (cold):  {:>10.0} verdicts/s  {:>8.1} MB/s content  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  scans {} for {} unique contents ({:.0}x dedup), {} deadline fallbacks",
