@@ -24,7 +24,7 @@
 //!
 //! # Current limitations
 //! - No archives, no signature bundles, no hot signature reload yet.
-//! - The daemon takes no vsock and no SCM_RIGHTS fd passing yet, and does not drop privileges.
+//! - The daemon takes no vsock connections yet, and does not drop privileges.
 
 #![forbid(unsafe_code)]
 

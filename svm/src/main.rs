@@ -109,6 +109,9 @@ struct CheckArgs {
     /// One JSON object per file.
     #[arg(long)]
     json: bool,
+    /// Pass each file to the daemon as a descriptor (SCM_RIGHTS) instead of its bytes.
+    #[arg(long)]
+    pass_fd: bool,
     /// Files or directories.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
@@ -247,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket: a.socket,
             paths: a.paths,
             json: a.json,
+            pass_fd: a.pass_fd,
         }),
         Cmd::Sigs {
             cmd:

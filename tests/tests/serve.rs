@@ -485,6 +485,19 @@ fn hostile_input_closes_only_that_connection() {
             other => panic!("{other:?}"),
         }
     }
+    // An fd-mode event with no descriptor passed.
+    let mut g = Raw::unix(&d.socket);
+    g.hello("");
+    g.send(&Message::FileEvent(FileEvent {
+        request_id: 1,
+        op: FileOp::Open,
+        deadline_ms: 0,
+        identity: identity(1, 10),
+        size: 10,
+        path: b"/x".to_vec(),
+        content: Content::Fd,
+    }));
+    g.expect_error_and_close(ErrorCode::Malformed);
     // READ_DATA nobody asked for.
     let mut g = Raw::unix(&d.socket);
     g.hello("");
@@ -602,6 +615,26 @@ fn svm_check_prints_verdicts_with_exit_codes() {
     assert_eq!(svm_tests::code(&out), 1);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Eicar-Test-Signature FOUND (deny)"), "{text}");
+    // Passed as a descriptor (SCM_RIGHTS), large enough to be spooled to a memfd.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, big_infected()).unwrap();
+    let out = svm_tests::svm([
+        "check",
+        "--pass-fd",
+        "--socket",
+        sock,
+        big.to_str().unwrap(),
+    ]);
+    assert_eq!(svm_tests::code(&out), 1, "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Eicar-Test-Signature FOUND (deny)"));
+    let out = svm_tests::svm([
+        "check",
+        "--pass-fd",
+        "--socket",
+        sock,
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(svm_tests::code(&out), 0, "{out:?}");
     let missing = dir.path().join("missing");
     let out = svm_tests::svm(["check", "--socket", sock, missing.to_str().unwrap()]);
     assert_eq!(svm_tests::code(&out), 2);

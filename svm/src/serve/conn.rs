@@ -58,6 +58,7 @@ pub async fn serve_conn<S>(
     vm: String,
     via: &'static str,
     mut stop: watch::Receiver<bool>,
+    fds: Option<super::fdpass::FdQueue>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -95,6 +96,7 @@ pub async fn serve_conn<S>(
                         &mut pending,
                         &mut out,
                         draining,
+                        fds.as_ref(),
                         msg,
                     ) {
                         break 'conn Some(f);
@@ -213,6 +215,7 @@ fn handle(
     pending: &mut HashMap<u64, Pending>,
     out: &mut Vec<u8>,
     draining: bool,
+    fds: Option<&super::fdpass::FdQueue>,
     msg: Message,
 ) -> Result<(), (ErrorCode, String)> {
     let Some(c) = ctx.as_ref() else {
@@ -275,6 +278,26 @@ fn handle(
         Message::FileEvent(ev) => {
             let start = Instant::now();
             let id = ev.request_id;
+            // An fd-mode event claims the next passed descriptor, whatever happens next.
+            let fd = if matches!(ev.content, proto::Content::Fd) {
+                let got = match fds {
+                    Some(q) => {
+                        super::fdpass::take(q).map_err(|e| (ErrorCode::Malformed, e.to_string()))?
+                    }
+                    None => None,
+                };
+                match got {
+                    Some(fd) => Some(std::fs::File::from(fd)),
+                    None => {
+                        return Err((
+                            ErrorCode::Malformed,
+                            format!("request {id}: fd mode, but no file descriptor came with it over this {via} connection"),
+                        ))
+                    }
+                }
+            } else {
+                None
+            };
             if pending.contains_key(&id) {
                 return Err((
                     ErrorCode::DuplicateRequest,
@@ -322,7 +345,15 @@ fn handle(
                 (None, None)
             };
             pending.insert(id, Pending { reads: reads_tx });
-            tokio::spawn(run_event(c.clone(), ev, group, reads_rx, start, deadline));
+            tokio::spawn(run_event(
+                c.clone(),
+                ev,
+                group,
+                reads_rx,
+                fd,
+                start,
+                deadline,
+            ));
             Ok(())
         }
         Message::ReadData(d) => {

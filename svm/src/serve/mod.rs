@@ -8,6 +8,7 @@
 
 pub mod audit;
 mod conn;
+pub mod fdpass;
 pub mod metrics;
 pub mod pipeline;
 pub mod sched;
@@ -309,7 +310,7 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
                         let (shared, stop, done) = (shared.clone(), stop_rx.clone(), vm_done_tx.clone());
                         tasks.spawn(async move {
                             match UnixStream::connect(&path).await {
-                                Ok(s) => conn::serve_conn(shared, s, name.clone(), "vm-socket", stop).await,
+                                Ok(s) => conn::serve_conn(shared, s, name.clone(), "vm-socket", stop, None).await,
                                 Err(e) => {
                                     if shared.guest_log.allow().is_some() {
                                         tracing::warn!(vm = %name, "connecting to {}: {e}", path.display());
@@ -341,7 +342,10 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
                 };
                 let (shared, stop) = (shared.clone(), stop_rx.clone());
                 tasks.spawn(async move {
-                    conn::serve_conn(shared, stream, vm, "unix", stop).await;
+                    // Same-host agents may pass file descriptors (SCM_RIGHTS).
+                    let fds = fdpass::FdQueue::default();
+                    let stream = fdpass::FdStream::new(stream, fds.clone());
+                    conn::serve_conn(shared, stream, vm, "unix", stop, Some(fds)).await;
                     drop(permit);
                 });
             }

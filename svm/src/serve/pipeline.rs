@@ -367,13 +367,14 @@ pub async fn run_event(
     mut ev: FileEvent,
     group: Arc<Group>,
     reads: Option<mpsc::Receiver<ReadData>>,
+    fd: Option<std::fs::File>,
     start: Instant,
     deadline: Instant,
 ) {
     let sigs = ctx.shared.sigs.load_full();
     // The content moves into the pipeline; `ev` keeps the metadata.
     let content = std::mem::replace(&mut ev.content, Content::Read);
-    let work = obtain(&ctx, &ev, content, &group, &sigs, reads);
+    let work = obtain(&ctx, &ev, content, fd, &group, &sigs, reads);
     tokio::pin!(work);
     let mut answered = false;
     let result = if ev.op.waits() {
@@ -447,6 +448,7 @@ async fn obtain(
     ctx: &EventCtx,
     ev: &FileEvent,
     content: Content,
+    fd: Option<std::fs::File>,
     group: &Group,
     sigs: &Arc<SigState>,
     reads: Option<mpsc::Receiver<ReadData>>,
@@ -511,16 +513,17 @@ async fn obtain(
             cached: false,
         });
     }
-    let (body, hash, size) = match read_content(ctx, ev, content, reads).await? {
-        Ok(x) => x,
-        Err(why) => {
-            return Ok(Decided {
-                outcome: Arc::new(Outcome::Error(why)),
-                hash: None,
-                cached: false,
-            })
-        }
-    };
+    let (body, hash, size) =
+        match read_content(ctx, ev, content, fd, group.cfg.max_file_size, reads).await? {
+            Ok(x) => x,
+            Err(why) => {
+                return Ok(Decided {
+                    outcome: Arc::new(Outcome::Error(why)),
+                    hash: None,
+                    cached: false,
+                })
+            }
+        };
     m.hashed_bytes.inc_by(size);
     ctx.vm.identity_put(ev.identity, IdEntry { hash });
     let key = (hash, sigs.version);
@@ -613,6 +616,8 @@ async fn read_content(
     ctx: &EventCtx,
     ev: &FileEvent,
     content: Content,
+    fd: Option<std::fs::File>,
+    max_size: u64,
     reads: Option<mpsc::Receiver<ReadData>>,
 ) -> Result<Result<(Body, [u8; 32], u64), String>, Failure> {
     let server = ctx.shared.config.load().cfg.server.clone();
@@ -622,7 +627,16 @@ async fn read_content(
             let n = data.len() as u64;
             Ok(Ok((Body::Mem(data), hash, n)))
         }
-        Content::Fd => Ok(Err("fd passing is not supported by this SVM".into())),
+        Content::Fd => {
+            let Some(f) = fd else {
+                return Err(Failure::Protocol("fd mode without a descriptor".into()));
+            };
+            let threshold = server.memory_threshold;
+            match tokio::task::spawn_blocking(move || read_fd(&f, threshold, max_size)).await {
+                Ok(r) => Ok(r),
+                Err(e) => Ok(Err(format!("reading the passed file failed: {e}"))),
+            }
+        }
         Content::Read => {
             let Some(mut rx) = reads else {
                 return Err(Failure::Protocol("no read channel".into()));
@@ -729,6 +743,60 @@ async fn read_content(
             }
         }
     }
+}
+
+/// Copy a passed file (from offset 0, whatever the agent's file position) into memory or a
+/// sealed memfd, hashing it on the way: the guest cannot change what is scanned afterwards.
+fn read_fd(
+    f: &std::fs::File,
+    threshold: u64,
+    max_size: u64,
+) -> Result<(Body, [u8; 32], u64), String> {
+    use std::os::unix::fs::FileExt;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("fstat on the passed descriptor: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "the passed descriptor is not a regular file ({})",
+            scanner::file_type_name(&meta.file_type())
+        ));
+    }
+    if meta.len() > max_size {
+        return Err(format!(
+            "the passed file has {} bytes, over the group's limit of {max_size}",
+            meta.len()
+        ));
+    }
+    let mut sink = Sink::new(meta.len(), threshold);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut off = 0u64;
+    loop {
+        let n = match f.read_at(&mut buf, off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(format!(
+                    "reading the passed file: {}",
+                    scanner::io_error_text(&e)
+                ))
+            }
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        off += n as u64;
+        if off > max_size {
+            return Err(format!(
+                "the passed file grew past the group's limit of {max_size}"
+            ));
+        }
+        hasher.update(chunk);
+        sink.write(chunk)
+            .map_err(|e| format!("spooling failed: {e}"))?;
+    }
+    let body = sink.finish().map_err(|e| format!("spooling failed: {e}"))?;
+    Ok((body, *hasher.finalize().as_bytes(), off))
 }
 
 /// Where pulled content goes: memory up to a threshold, then a memfd.
