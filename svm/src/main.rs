@@ -143,9 +143,9 @@ struct StormArgs {
     /// Repetitions, each with a fresh daemon.
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Also run a paced warm phase at this many events/s in total (open loop).
-    #[arg(long)]
-    rate: Option<u64>,
+    /// Also run paced warm phases at these total rates in events/s (open loop), e.g. 20000,50000.
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<u64>,
     /// Sampling seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -237,7 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 window: a.window.max(1),
                 inline_max: a.inline_max,
                 reps: a.reps.max(1),
-                rate: a.rate,
+                rates: a.rate,
                 seed: a.seed,
                 client_threads: a.client_threads,
                 svm: std::env::current_exe()?,

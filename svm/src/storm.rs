@@ -10,7 +10,7 @@
 //!   agent does so that an identity-cache hit costs no transfer;
 //! - **boot 2** (warm): the same opens again; the per-VM identity caches are warm, so no
 //!   content moves and the verdicts come from the shared cache;
-//! - optionally a paced warm phase (`--rate`): open loop at a fixed total rate (guests send
+//! - optionally paced warm phases (`--rate N[,N...]`): open loop at a fixed total rate (guests send
 //!   on their own timers, whatever is outstanding), latency measured from each write.
 
 use crate::client::{handshake, FrameReader};
@@ -47,8 +47,8 @@ pub struct StormOptions {
     pub inline_max: u64,
     /// Fresh daemons (repetitions).
     pub reps: usize,
-    /// Also run a paced warm phase at this many events per second in total.
-    pub rate: Option<u64>,
+    /// Also run a paced warm phase at each of these total rates (events per second).
+    pub rates: Vec<u64>,
     /// Sampling seed.
     pub seed: u64,
     /// The load generator's own async threads.
@@ -298,7 +298,7 @@ pub struct Rep {
     /// Scans in boot 2 (should be 0).
     pub boot2_scans: f64,
     /// Paced warm phase.
-    pub paced: Option<Phase>,
+    pub paced: Vec<Phase>,
     /// Peak RSS (KiB).
     pub rss_peak_kib: u64,
 }
@@ -686,17 +686,13 @@ fn print_table(o: &StormOptions, files: &Sample, reps: &[Rep]) {
         med(&|r| r.boot2.p999_ms),
         med(&|r| r.boot2_scans)
     );
-    if reps.iter().all(|r| r.paced.is_some()) {
+    for (i, rate) in o.rates.iter().enumerate() {
         let p = |f: &dyn Fn(&Phase) -> f64| {
-            median(
-                reps.iter()
-                    .filter_map(|r| r.paced.as_ref())
-                    .map(f)
-                    .collect(),
-            )
+            median(reps.iter().filter_map(|r| r.paced.get(i)).map(f).collect())
         };
         println!(
-            "  paced warm:     {:>10.0} verdicts/s  p50 {:.3} ms  p99 {:.3} ms  p999 {:.3} ms",
+            "  paced {:>7}/s: {:>10.0} verdicts/s  p50 {:.3} ms  p99 {:.3} ms  p999 {:.3} ms",
+            rate,
             p(&|x| x.per_second),
             p(&|x| x.p50_ms),
             p(&|x| x.p99_ms),
@@ -776,13 +772,11 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
     let entries = (o.guests * files.data.len()) as f64;
     let boot2 = run(2, None)?;
     let boot2_scans = daemon.metric("svm_scans_total") - boot1_scans;
-    let paced = match o.rate {
-        Some(rate) if rate > 0 => Some(run(
-            3,
-            Some(Duration::from_secs_f64(o.guests as f64 / rate as f64)),
-        )?),
-        _ => None,
-    };
+    let mut paced = Vec::new();
+    for (i, rate) in o.rates.iter().enumerate() {
+        let per_guest = Duration::from_secs_f64(o.guests as f64 / (*rate).max(1) as f64);
+        paced.push(run(3 + i as u64, Some(per_guest))?);
+    }
     let rss_peak = daemon.rss_kib("VmHWM:");
     drop(cmd_txs);
     for t in threads {
