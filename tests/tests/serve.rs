@@ -639,3 +639,50 @@ fn svm_check_prints_verdicts_with_exit_codes() {
     let out = svm_tests::svm(["check", "--socket", sock, missing.to_str().unwrap()]);
     assert_eq!(svm_tests::code(&out), 2);
 }
+
+#[test]
+fn a_noisy_vm_does_not_starve_the_others() {
+    // One scanner thread, 300 ms per stalled scan: VM "noisy" queues ten scans, then VM
+    // "quiet" asks for one. Served round-robin per VM, the quiet VM's scan runs right after the
+    // noisy VM's current one, not after all ten.
+    let vms = tempfile::tempdir().unwrap();
+    let (ln, lq) = (
+        vm_socket(vms.path(), "noisy"),
+        vm_socket(vms.path(), "quiet"),
+    );
+    let cfg = config("[groups.default]\ndeadline_ms = 60000\n")
+        .replace("ms = 1500", "ms = 300")
+        .replace("[server]\n", "[server]\nworkers = 1\n");
+    let _d = Daemon::start(&cfg, &["--vm-socket-dir", vms.path().to_str().unwrap()]);
+    let (mut noisy, mut quiet) = (accept(&ln), accept(&lq));
+    noisy.hello("noisy");
+    quiet.hello("quiet");
+    for i in 0..10u64 {
+        let data = format!("noisy content {i} {STALL}").into_bytes();
+        noisy.send(&inline_event(i + 1, FileOp::Open, i + 1, &data));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    quiet.send(&inline_event(
+        1,
+        FileOp::Open,
+        1,
+        format!("quiet {STALL}").as_bytes(),
+    ));
+    let reader = std::thread::spawn(move || {
+        (0..10)
+            .map(|_| match noisy.recv() {
+                Some(Message::Verdict(_)) => Instant::now(),
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    });
+    let v = quiet.verdict(1);
+    let quiet_at = Instant::now();
+    assert_eq!(v.status, WireStatus::Clean);
+    let noisy_at = reader.join().unwrap();
+    let before = noisy_at.iter().filter(|t| **t < quiet_at).count();
+    assert!(
+        before <= 2,
+        "the quiet VM waited for {before} of the noisy VM's scans"
+    );
+}
