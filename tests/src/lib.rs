@@ -17,6 +17,11 @@ pub fn svm_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SVM_BIN") {
         return PathBuf::from(p);
     }
+    built_bin("svm")
+}
+
+/// A binary built by `cargo test --workspace` (`svm`, `svm-agent`).
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> -> target/<profile>/svm
     let dir = exe
@@ -24,10 +29,10 @@ pub fn svm_bin() -> PathBuf {
         .and_then(|d| d.parent())
         .map(PathBuf::from)
         .unwrap_or_default();
-    let bin = dir.join("svm");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "svm binary not found at {}; run the tests with `cargo test --workspace` or set SVM_BIN",
+        "{name} binary not found at {}; run the tests with `cargo test --workspace`",
         bin.display()
     );
     bin
@@ -69,11 +74,16 @@ impl Daemon {
     /// Start `svm serve` with this TOML config (the `[server]` listen, metrics and audit
     /// settings are given on the command line) and `extra` arguments; wait until it is ready.
     pub fn start(config: &str, extra: &[&str]) -> Daemon {
+        Self::start_on(config, extra, None)
+    }
+
+    /// Like [`Daemon::start`], listening on `socket` instead of one in its own directory.
+    pub fn start_on(config: &str, extra: &[&str], socket: Option<&std::path::Path>) -> Daemon {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = dir.path().join("svm.toml");
         std::fs::write(&cfg, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        let socket = dir.path().join("svm.sock");
+        let socket = socket.map_or_else(|| dir.path().join("svm.sock"), PathBuf::from);
         let mut child = Command::new(svm_bin())
             .arg("serve")
             .arg("--config")
