@@ -145,6 +145,17 @@ fn the_agent_blocks_infected_files_and_follows_the_policy_when_the_svm_is_gone()
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert!(denied(Command::new(&bad).output()));
     assert!(d.metric("svm_events_total{op=\"open\",result=\"infected\"}") >= 1.0);
+    // A huge sparse file (8 GiB, over the group's 100 MB max_file_size): answered by the
+    // on_unscanned policy (allow by default) without the agent sending it.
+    let huge = mnt.join("huge.bin");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(8 << 30)
+        .unwrap();
+    let t = Instant::now();
+    assert!(std::fs::File::open(&huge).is_ok());
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(d.metric("svm_events_total{op=\"open\",result=\"unscanned\"}") >= 1.0);
 
     // The SVM dies: the group announced fail-open on timeout, so a new infected file opens,
     // within the deadline (the agent does not hang).
