@@ -18,7 +18,8 @@
 //! # Current limitations
 //! - Unix-socket transport only (virtio-serial and vsock come next).
 //! - Events are handled one at a time; `close_write` only drops the local cache entry (no
-//!   notification is sent to the SVM yet).
+//!   notification is sent to the SVM yet); `INVALIDATE` is honoured when it arrives while
+//!   the agent waits for a verdict.
 
 #![forbid(unsafe_code)]
 
@@ -324,7 +325,18 @@ impl Agent {
         ))
         .map(|p| p.into_os_string().into_encoded_bytes())
         .unwrap_or_default();
-        match ask(s, &file, id, op, identity, size, path, ms, deadline) {
+        match ask(
+            s,
+            &mut self.clean,
+            &file,
+            id,
+            op,
+            identity,
+            size,
+            path,
+            ms,
+            deadline,
+        ) {
             Ok((action, clean, verdict_epoch)) => {
                 if clean && verdict_epoch == epoch {
                     self.clean.insert(identity, epoch);
@@ -347,6 +359,7 @@ impl Agent {
 #[allow(clippy::too_many_arguments)]
 fn ask(
     s: &mut Session,
+    clean: &mut HashMap<FileIdentity, u64>,
     fd: &std::fs::File,
     id: u64,
     op: FileOp,
@@ -402,6 +415,10 @@ fn ask(
                 return Ok((v.action, clean, v.cache_epoch));
             }
             Message::Ping(n) => s.send(&Message::Pong(n))?,
+            // The SVM found this file infected after a write: forget its clean verdict.
+            Message::Invalidate(i) => {
+                clean.remove(&i.identity);
+            }
             Message::Error(e) => bail!("ERROR {:?}: {}", e.code, e.message),
             _ => {}
         }
