@@ -78,6 +78,9 @@ pub struct Agent {
     /// The last policy the SVM announced.
     announced: Option<(PolicyAction, PolicyAction)>,
     next_id: u64,
+    /// Fallback verdicts applied, and when the last log line about them was written.
+    fallbacks: u64,
+    logged: Option<(Instant, u64)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -202,6 +205,8 @@ impl Agent {
             clean: HashMap::new(),
             announced: None,
             next_id: 1,
+            fallbacks: 0,
+            logged: None,
         }
     }
 
@@ -347,8 +352,18 @@ impl Agent {
                 // The session may hold a half-answered request: start a new one next time.
                 *session = None;
                 let timed_out = Instant::now() >= deadline;
-                if self.cfg.fallback == Fallback::Deny || !timed_out {
-                    eprintln!("svm-agent: no verdict ({e:#}); applying the fallback policy");
+                self.fallbacks += 1;
+                // A flood of events against a dead SVM logs one line per second at most.
+                let due = self
+                    .logged
+                    .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1));
+                if due {
+                    let since = self.fallbacks - self.logged.map_or(0, |(_, n)| n);
+                    eprintln!(
+                        "svm-agent: no verdict ({e:#}); fallback policy applied ({since} since the last line, {} in all)",
+                        self.fallbacks
+                    );
+                    self.logged = Some((Instant::now(), self.fallbacks));
                 }
                 self.fallback(!timed_out)
             }
