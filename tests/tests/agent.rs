@@ -21,7 +21,7 @@ fn eicar() -> Vec<u8> {
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs {
     mnt: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
@@ -35,7 +35,7 @@ impl Tmpfs {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        ok.then_some(Tmpfs { mnt, _dir: d })
+        ok.then_some(Tmpfs { mnt, dir: d })
     }
 }
 
@@ -182,4 +182,29 @@ fn the_agent_blocks_infected_files_and_follows_the_policy_when_the_svm_is_gone()
     std::fs::write(mnt.join("clean2.txt"), b"new\n").unwrap_or(());
     assert!(denied(std::fs::read(mnt.join("clean2.txt"))), "fail-closed");
     drop(agent);
+}
+
+#[test]
+fn with_no_svm_ever_seen_the_agent_applies_its_own_fallback() {
+    if !root() {
+        eprintln!("SKIPPED: fanotify permission events need root; run the tests as root");
+        return;
+    }
+    for (fallback, expect_denied) in [("deny", true), ("allow", false)] {
+        let Some(fs) = Tmpfs::new() else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (mount -t tmpfs failed)");
+            return;
+        };
+        std::fs::write(fs.mnt.join("f.txt"), b"x").unwrap();
+        let nowhere = fs.dir.path().join("no-svm.sock");
+        let agent = Agent::start(&nowhere, &fs.mnt, fallback);
+        let t = Instant::now();
+        assert_eq!(
+            denied(std::fs::read(fs.mnt.join("f.txt"))),
+            expect_denied,
+            "--fallback {fallback}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(10));
+        drop(agent);
+    }
 }
