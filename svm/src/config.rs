@@ -256,25 +256,16 @@ pub struct Resolved {
     pub cfg: Config,
     /// Groups by name (always holds `default`).
     pub groups: BTreeMap<String, std::sync::Arc<Group>>,
+    /// The group of each configured VM (looked up on every event).
+    vm_groups: std::collections::HashMap<String, std::sync::Arc<Group>>,
+    /// The default group.
+    default: std::sync::Arc<Group>,
 }
 
 impl Resolved {
     /// The group of a VM: its `[[vm]]` entry's, else `default`.
     pub fn group_of(&self, vm: &str) -> std::sync::Arc<Group> {
-        let name = self
-            .cfg
-            .vm
-            .iter()
-            .find(|v| v.name == vm)
-            .map_or("default", |v| v.group.as_str());
-        match self.groups.get(name).or_else(|| self.groups.get("default")) {
-            Some(g) => g.clone(),
-            None => std::sync::Arc::new(Group {
-                name: "default".into(),
-                cfg: GroupConfig::default(),
-                exclude: GlobSet::empty(),
-            }),
-        }
+        self.vm_groups.get(vm).unwrap_or(&self.default).clone()
     }
 
     /// The VM a same-host uid maps to.
@@ -350,7 +341,20 @@ impl Config {
         if s.max_read_chunk == 0 || s.max_pending == 0 || s.max_connections == 0 {
             bail!("server.max_read_chunk, max_pending and max_connections must be positive");
         }
-        Ok(Resolved { cfg: self, groups })
+        let Some(default) = groups.get("default").cloned() else {
+            bail!("no default group");
+        };
+        let vm_groups = self
+            .vm
+            .iter()
+            .filter_map(|v| Some((v.name.clone(), groups.get(&v.group)?.clone())))
+            .collect();
+        Ok(Resolved {
+            cfg: self,
+            groups,
+            vm_groups,
+            default,
+        })
     }
 }
 

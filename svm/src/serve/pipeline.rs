@@ -14,7 +14,7 @@ use hypervisor_api::proto::{
 use scanner::{Limits, ScanResult, Scanner};
 use signatures::SignatureSet;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -51,8 +51,8 @@ pub enum Outcome {
 /// hash-only update can revalidate it without the content (#6).
 #[derive(Debug)]
 pub struct CacheRecord {
-    /// Clean or infected (other outcomes are never cached).
-    pub outcome: Outcome,
+    /// Clean or infected (other outcomes are never cached); shared with every hit.
+    pub outcome: Arc<Outcome>,
     /// Content size.
     pub size: u64,
     /// MD5.
@@ -69,7 +69,7 @@ pub struct RecordWeight;
 
 impl quick_cache::Weighter<CacheKey, Arc<CacheRecord>> for RecordWeight {
     fn weight(&self, _k: &CacheKey, v: &Arc<CacheRecord>) -> u64 {
-        let names = match &v.outcome {
+        let names = match &*v.outcome {
             Outcome::Infected(n) => n.iter().map(|s| s.len() + 24).sum::<usize>(),
             _ => 0,
         };
@@ -260,9 +260,8 @@ pub fn fast_path(ctx: &EventCtx, ev: &FileEvent, group: &Group, start: Instant) 
     let m = &ctx.shared.metrics;
     m.identity_hits.inc();
     m.cache_hits.inc();
-    let outcome = Arc::new(rec.outcome.clone());
     let d = Decided {
-        outcome,
+        outcome: rec.outcome.clone(),
         hash: Some(id.hash),
         cached: true,
     };
@@ -459,7 +458,7 @@ async fn obtain(
     if !group.exclude.is_empty() {
         let p = String::from_utf8_lossy(&ev.path);
         if group.exclude.is_match(p.as_ref()) {
-            drain(reads).await;
+            drop(reads); // nothing was asked for
             return Ok(Decided {
                 outcome: Arc::new(Outcome::Unscanned("excluded by policy".into())),
                 hash: None,
@@ -468,7 +467,7 @@ async fn obtain(
         }
     }
     if ev.size > group.cfg.max_file_size {
-        drain(reads).await;
+        drop(reads); // nothing was asked for
         return Ok(Decided {
             outcome: Arc::new(Outcome::Unscanned(format!(
                 "size {} exceeds the group's limit of {} bytes",
@@ -478,22 +477,9 @@ async fn obtain(
             cached: false,
         });
     }
-    // A close_write means the content changed: the old identity entry is stale anyway (its
-    // times differ), and the new one is filled after the read below.
-    if ev.op.waits() {
-        if let Some(id) = ctx.vm.identity_get(&ev.identity) {
-            m.identity_hits.inc();
-            if let Some(rec) = shared.cache.get(&(id.hash, sigs.version)) {
-                m.cache_hits.inc();
-                drain(reads).await;
-                return Ok(Decided {
-                    outcome: Arc::new(rec.outcome.clone()),
-                    hash: Some(id.hash),
-                    cached: true,
-                });
-            }
-        }
-    }
+    // The identity and verdict caches were consulted by `fast_path` before this task was
+    // spawned; a close_write means the content changed, and its new identity entry is filled
+    // after the read below.
     // Reserve the claimed size against the VM's cap before reading anything.
     let cap = shared.config.load().cfg.server.per_vm_spool_cap;
     let reserve = ev.size;
@@ -504,7 +490,7 @@ async fn obtain(
     };
     if before.saturating_add(reserve) > cap {
         drop(guard);
-        drain(reads).await;
+        drop(reads); // nothing was asked for
         return Ok(Decided {
             outcome: Arc::new(Outcome::Error(format!(
                 "the VM's spool cap of {cap} bytes is in use"
@@ -537,7 +523,7 @@ async fn obtain(
         if let Some(rec) = shared.cache.get(&key) {
             m.cache_hits.inc();
             return Ok(Decided {
-                outcome: Arc::new(rec.outcome.clone()),
+                outcome: rec.outcome.clone(),
                 hash: Some(hash),
                 cached: true,
             });
@@ -599,11 +585,6 @@ async fn wait_flight(mut rx: watch::Receiver<FlightResult>) -> Arc<Outcome> {
             };
         }
     }
-}
-
-/// Consume any `READ_DATA` still owed; nothing is requested, so this just closes the channel.
-async fn drain(reads: Option<mpsc::Receiver<ReadData>>) {
-    drop(reads);
 }
 
 /// How many `READ_REQ`s may be outstanding per event.
@@ -925,7 +906,9 @@ fn run_job(
                     std::thread::sleep(Duration::from_millis(s.ms));
                 }
             }
-            (Ok(digests_of(&mut &d[..])), scanner.scan_bytes(d))
+            let mut dg = Digester::new();
+            dg.update(d);
+            (Ok(dg.finish()), scanner.scan_bytes(d))
         }
         Body::File(f) => {
             let dg = digests_of_file(f);
@@ -935,7 +918,7 @@ fn run_job(
     m.scans.inc();
     m.scanned_bytes.inc_by(job.size);
     m.scan_seconds.observe(t.elapsed().as_secs_f64());
-    let outcome = match (&digests, result) {
+    let outcome = Arc::new(match (&digests, result) {
         (Err(e), _) => Outcome::Error(format!("reading the spooled content: {e}")),
         (_, ScanResult::Clean) => Outcome::Clean,
         (_, ScanResult::Infected { matches }) => {
@@ -948,8 +931,8 @@ fn run_job(
             | scanner::UnscannedReason::TimedOut { .. } => Outcome::Unscanned(reason.to_string()),
             other => Outcome::Error(other.to_string()),
         },
-    };
-    if let (Ok((md5, sha1, sha256)), Outcome::Clean | Outcome::Infected(_)) = (digests, &outcome) {
+    });
+    if let (Ok((md5, sha1, sha256)), Outcome::Clean | Outcome::Infected(_)) = (digests, &*outcome) {
         shared.cache.insert(
             job.key,
             Arc::new(CacheRecord {
@@ -969,38 +952,57 @@ fn run_job(
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&job.key);
     m.scans_in_flight.dec();
-    let _ = job.done.send(Some(Arc::new(outcome)));
+    let _ = job.done.send(Some(outcome));
 }
 
 type Digests = ([u8; 16], [u8; 20], [u8; 32]);
 
-fn digests_of(r: &mut dyn Read) -> Digests {
-    use sha1::Digest;
-    let mut md5 = md5::Md5::new();
-    let mut sha1 = sha1::Sha1::new();
-    let mut sha256 = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let b = buf.get(..n).unwrap_or_default();
-                md5.update(b);
-                sha1.update(b);
-                sha256.update(b);
-            }
+/// MD5, SHA-1 and SHA-256 in one pass.
+struct Digester {
+    md5: md5::Md5,
+    sha1: sha1::Sha1,
+    sha256: sha2::Sha256,
+}
+
+impl Digester {
+    fn new() -> Self {
+        use sha1::Digest;
+        Digester {
+            md5: md5::Md5::new(),
+            sha1: sha1::Sha1::new(),
+            sha256: sha2::Sha256::new(),
         }
     }
-    (
-        md5.finalize().into(),
-        sha1.finalize().into(),
-        sha256.finalize().into(),
-    )
+    fn update(&mut self, b: &[u8]) {
+        use sha1::Digest;
+        self.md5.update(b);
+        self.sha1.update(b);
+        self.sha256.update(b);
+    }
+    fn finish(self) -> Digests {
+        use sha1::Digest;
+        (
+            self.md5.finalize().into(),
+            self.sha1.finalize().into(),
+            self.sha256.finalize().into(),
+        )
+    }
 }
 
 fn digests_of_file(f: &std::fs::File) -> std::io::Result<Digests> {
-    use std::io::Seek;
-    let mut f = f;
-    f.seek(std::io::SeekFrom::Start(0))?;
-    Ok(digests_of(&mut f))
+    use std::os::unix::fs::FileExt;
+    let mut dg = Digester::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut off = 0u64;
+    loop {
+        match f.read_at(&mut buf, off) {
+            Ok(0) => return Ok(dg.finish()),
+            Ok(n) => {
+                dg.update(buf.get(..n).unwrap_or_default());
+                off += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
