@@ -1011,6 +1011,38 @@ pub fn decode_frame(buf: &[u8], max_payload: u32) -> Result<Option<(Message, usi
     Ok(Some((Message::decode(h.ty, payload)?, total)))
 }
 
+/// Guest side: answer a `READ_REQ` from a file, reading from the requested offset whatever the
+/// file's position, at most `max_chunk` bytes: status `Ok` with all the bytes asked for, `Eof`
+/// with fewer (the file ended), or `Error` with the reason as text.
+pub fn read_data_from(file: &std::fs::File, req: &ReadReq, max_chunk: u32) -> ReadData {
+    use std::os::unix::fs::FileExt;
+    let want = req.len.min(max_chunk.max(1)) as usize;
+    let mut data = vec![0u8; want];
+    let mut done = 0;
+    let status = loop {
+        let Some(rest) = data.get_mut(done..).filter(|r| !r.is_empty()) else {
+            break ReadStatus::Ok;
+        };
+        match file.read_at(rest, req.offset.saturating_add(done as u64)) {
+            Ok(0) => break ReadStatus::Eof,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                data = e.to_string().into_bytes();
+                done = data.len();
+                break ReadStatus::Error;
+            }
+        }
+    };
+    data.truncate(done);
+    ReadData {
+        request_id: req.request_id,
+        offset: req.offset,
+        status,
+        data,
+    }
+}
+
 /// Any reason a byte stream is not valid protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -1151,6 +1183,26 @@ mod tests {
             request_id: 0,
             message: "slow".into(),
         }));
+    }
+
+    #[test]
+    fn read_data_from_a_file_says_ok_or_eof() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, b"0123456789").unwrap();
+        let req = |offset, len| ReadReq {
+            request_id: 4,
+            offset,
+            len,
+        };
+        let d = read_data_from(&f, &req(2, 3), 100);
+        assert_eq!(
+            (d.status, &d.data[..], d.request_id),
+            (ReadStatus::Ok, &b"234"[..], 4)
+        );
+        let d = read_data_from(&f, &req(8, 5), 100);
+        assert_eq!((d.status, &d.data[..]), (ReadStatus::Eof, &b"89"[..]));
+        let d = read_data_from(&f, &req(0, 8), 4);
+        assert_eq!((d.status, &d.data[..]), (ReadStatus::Ok, &b"0123"[..]));
     }
 
     #[test]

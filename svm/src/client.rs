@@ -4,8 +4,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use hypervisor_api::proto::{
-    self, caps, Content, FileEvent, FileIdentity, FileOp, Hello, Message, OsKind, ReadData,
-    ReadStatus, VerdictMsg, Welcome,
+    self, caps, Content, FileEvent, FileIdentity, FileOp, Hello, Message, OsKind, VerdictMsg,
+    Welcome,
 };
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -139,27 +139,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guest<S> {
             content,
         });
         self.wr.write_all(&ev.to_frame()).await?;
-        let mut chunk = Vec::new();
         loop {
             match self.rd.next().await? {
                 Some(Message::ReadReq(r)) if r.request_id == id => {
-                    let want = r.len.min(self.welcome.max_read_chunk) as usize;
-                    chunk.resize(want, 0);
-                    let (status, data) = match read_at(&file, &mut chunk, r.offset) {
-                        Ok(n) if n == want => (ReadStatus::Ok, chunk.get(..n).unwrap_or_default()),
-                        Ok(n) => (ReadStatus::Eof, chunk.get(..n).unwrap_or_default()),
-                        Err(e) => {
-                            chunk = e.to_string().into_bytes();
-                            (ReadStatus::Error, &chunk[..])
-                        }
-                    };
-                    let m = Message::ReadData(ReadData {
-                        request_id: id,
-                        offset: r.offset,
-                        status,
-                        data: data.to_vec(),
-                    });
-                    self.wr.write_all(&m.to_frame()).await?;
+                    let d = proto::read_data_from(&file, &r, self.welcome.max_read_chunk);
+                    self.wr.write_all(&Message::ReadData(d).to_frame()).await?;
                 }
                 Some(Message::Verdict(v)) if v.request_id == id => return Ok(v),
                 Some(Message::Error(e)) => bail!("{:?}: {}", e.code, e.message),
@@ -169,21 +153,4 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guest<S> {
             }
         }
     }
-}
-
-/// Read as much of `buf` as the file has from `offset`.
-fn read_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let Some(rest) = buf.get_mut(done..) else {
-            break;
-        };
-        match f.read_at(rest, offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }

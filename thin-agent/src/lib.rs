@@ -26,7 +26,7 @@
 use anyhow::{bail, Context, Result};
 use hypervisor_api::proto::{
     self, caps, Content, FileEvent, FileIdentity, FileOp, Hello, Message, OsKind, PolicyAction,
-    ReadData, ReadStatus, Welcome, WireAction,
+    Welcome, WireAction,
 };
 use nix::sys::fanotify::{
     EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
@@ -405,25 +405,11 @@ fn ask(
         path,
         content,
     }))?;
-    let mut chunk = Vec::new();
     loop {
         match s.recv(deadline)? {
             Message::ReadReq(r) if r.request_id == id => {
-                let want = r.len.min(s.welcome.max_read_chunk.max(1)) as usize;
-                chunk.resize(want, 0);
-                let (status, data) = match pread(fd, &mut chunk, r.offset) {
-                    Ok(n) if n == want => {
-                        (ReadStatus::Ok, chunk.get(..n).unwrap_or_default().to_vec())
-                    }
-                    Ok(n) => (ReadStatus::Eof, chunk.get(..n).unwrap_or_default().to_vec()),
-                    Err(e) => (ReadStatus::Error, e.to_string().into_bytes()),
-                };
-                s.send(&Message::ReadData(ReadData {
-                    request_id: id,
-                    offset: r.offset,
-                    status,
-                    data,
-                }))?;
+                let d = proto::read_data_from(fd, &r, s.welcome.max_read_chunk);
+                s.send(&Message::ReadData(d))?;
             }
             Message::Verdict(v) if v.request_id == id => {
                 let clean = matches!(v.status, proto::WireStatus::Clean);
