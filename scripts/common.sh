@@ -10,3 +10,14 @@ ensure_testfiles() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clamav-testfiles >/dev/null
   fi
 }
+
+# The packages the end-to-end tests drive: QEMU (TCG guests) and cpio (their initramfs).
+# Needs root; otherwise the guest test says it is skipped.
+ensure_test_packages() {
+  [ "$(id -u)" = 0 ] || return 0
+  if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      qemu-system-x86 cpio >/dev/null
+  fi
+}

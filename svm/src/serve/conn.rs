@@ -139,7 +139,9 @@ pub async fn serve_conn<S>(
             break 'conn None;
         }
         let slow = partial_since.map(|t| t + frame_timeout);
-        let hello_wait = ctx.is_none().then_some(hello_deadline);
+        // A QEMU port is connected long before the guest's agent starts: no HELLO timeout
+        // there (the socket is the hypervisor's, one per VM, not an untrusted client's).
+        let hello_wait = (ctx.is_none() && via != "vm-socket").then_some(hello_deadline);
         tokio::select! {
             biased;
             Some(o) = rx.recv() => {
