@@ -4,6 +4,7 @@
 //! [server]
 //! listen = "/run/svm/svm.sock"     # same-host agents (SO_PEERCRED → VM)
 //! vm_socket_dir = "/run/svm/vms"   # QEMU virtio-serial sockets, one per VM: NAME.sock
+//! vsock_port = 5310                # AF_VSOCK listener (peer CID → VM)
 //! metrics = "127.0.0.1:9310"       # Prometheus /metrics and /healthz ("" = off)
 //! audit_log = "/var/log/svm/audit.jsonl"
 //! workers = 2                      # scanner threads (default: one per core)
@@ -23,6 +24,7 @@
 //! name = "ward3-17"
 //! group = "icu"
 //! uid = 1017                       # optional: a same-host agent running as this uid
+//! cid = 17                         # optional: a guest agent on vsock from this CID
 //! ```
 
 use crate::size::parse_size;
@@ -122,6 +124,8 @@ pub struct VmConfig {
     pub group: String,
     /// A same-host agent connecting with this uid is this VM.
     pub uid: Option<u32>,
+    /// A guest connecting over vsock from this context id is this VM.
+    pub cid: Option<u32>,
 }
 
 fn default_group() -> String {
@@ -146,6 +150,9 @@ pub struct ServerConfig {
     pub listen: PathBuf,
     /// A directory of QEMU virtio-serial sockets, one per VM (`NAME.sock`).
     pub vm_socket_dir: Option<PathBuf>,
+    /// An AF_VSOCK port for guest agents (`svm-agent --connect vsock:2:PORT`); the peer's
+    /// CID names the VM (`[[vm]] cid`).
+    pub vsock_port: Option<u32>,
     /// `host:port` for `/metrics` and `/healthz`; empty = off.
     pub metrics: String,
     /// The audit log (JSON lines); empty = standard error.
@@ -202,6 +209,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: PathBuf::from(DEFAULT_SOCKET),
             vm_socket_dir: None,
+            vsock_port: None,
             metrics: "127.0.0.1:9310".into(),
             audit_log: None,
             workers: 0,
@@ -276,6 +284,15 @@ impl Resolved {
             .find(|v| v.uid == Some(uid))
             .map(|v| v.name.as_str())
     }
+
+    /// The VM a vsock context id maps to.
+    pub fn vm_for_cid(&self, cid: u32) -> Option<&str> {
+        self.cfg
+            .vm
+            .iter()
+            .find(|v| v.cid == Some(cid))
+            .map(|v| v.name.as_str())
+    }
 }
 
 impl Config {
@@ -328,6 +345,21 @@ impl Config {
             }
             if !seen.insert(v.name.as_str()) {
                 bail!("vm {:?} is listed twice", v.name);
+            }
+            if v.cid.is_some_and(|c| c < 3) {
+                bail!(
+                    "vm {:?}: vsock CIDs 0-2 are reserved; a guest's CID is 3 or more",
+                    v.name
+                );
+            }
+            for (kind, id) in [("uid", v.uid), ("cid", v.cid)] {
+                let Some(id) = id else { continue };
+                let again = self.vm.iter().find(|w| {
+                    w.name != v.name && (if kind == "uid" { w.uid } else { w.cid }) == Some(id)
+                });
+                if let Some(w) = again {
+                    bail!("vm {:?} and vm {:?} both claim {kind} {id}", v.name, w.name);
+                }
             }
         }
         let s = &self.server;
@@ -385,6 +417,7 @@ mod tests {
             name = "ward3-17"
             group = "icu"
             uid = 1017
+            cid = 17
             "#,
         )
         .unwrap()
@@ -398,6 +431,8 @@ mod tests {
         assert!(g.exclude.is_match("/proc/1/maps"));
         assert_eq!(c.group_of("other").name, "default");
         assert_eq!(c.vm_for_uid(1017), Some("ward3-17"));
+        assert_eq!(c.vm_for_cid(17), Some("ward3-17"));
+        assert_eq!(c.vm_for_cid(18), None);
     }
 
     #[test]
@@ -406,6 +441,13 @@ mod tests {
         assert!(Config::parse("[groups.a]\non_timeout = \"maybe\"").is_err());
         let bad_group = Config::parse("[[vm]]\nname = \"a\"\ngroup = \"nope\"").unwrap();
         assert!(bad_group.resolve().is_err());
+        for bad in [
+            "[[vm]]\nname = \"a\"\ncid = 2",
+            "[[vm]]\nname = \"a\"\ncid = 5\n[[vm]]\nname = \"b\"\ncid = 5",
+            "[[vm]]\nname = \"a\"\nuid = 5\n[[vm]]\nname = \"b\"\nuid = 5",
+        ] {
+            assert!(Config::parse(bad).unwrap().resolve().is_err(), "{bad}");
+        }
         let bad_name = Config::parse("[[vm]]\nname = \"../x\"").unwrap();
         assert!(bad_name.resolve().is_err());
     }

@@ -90,6 +90,9 @@ struct ServeArgs {
     /// Directory of QEMU virtio-serial sockets, one per VM, named VM.sock.
     #[arg(long, value_name = "DIR")]
     vm_socket_dir: Option<PathBuf>,
+    /// AF_VSOCK port for guest agents; the peer's CID names the VM ([[vm]] cid).
+    #[arg(long, value_name = "PORT")]
+    vsock_port: Option<u32>,
     /// Address for /metrics and /healthz [default: 127.0.0.1:9310]; "" turns it off.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
@@ -221,6 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 databases: a.databases,
                 listen: a.listen,
                 vm_socket_dir: a.vm_socket_dir,
+                vsock_port: a.vsock_port,
                 metrics: a.metrics,
                 audit_log: a.audit_log,
                 workers: a.workers,

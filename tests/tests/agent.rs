@@ -53,9 +53,13 @@ struct Agent {
 
 impl Agent {
     fn start(socket: &Path, mnt: &Path, fallback: &str) -> Agent {
+        Self::connect(&format!("unix:{}", socket.display()), mnt, fallback)
+    }
+
+    fn connect(endpoint: &str, mnt: &Path, fallback: &str) -> Agent {
         let mut c = Command::new(svm_tests::built_bin("svm-agent"))
-            .arg("--socket")
-            .arg(socket)
+            .arg("--connect")
+            .arg(endpoint)
             .arg("--mount")
             .arg(mnt)
             .args([
@@ -252,11 +256,20 @@ fn the_agent_blocks_infected_files_and_follows_the_policy_when_the_svm_is_gone()
 
 #[test]
 fn with_no_svm_ever_seen_the_agent_applies_its_own_fallback() {
-    for (fallback, expect_denied) in [("deny", true), ("allow", false)] {
+    // A unix socket nobody listens on, and a vsock port nobody listens on (the local CID).
+    for (fallback, expect_denied, vsock) in [
+        ("deny", true, false),
+        ("allow", false, false),
+        ("deny", true, true),
+    ] {
         let Some(fs) = scratch() else { return };
         std::fs::write(fs.mnt.join("f.txt"), b"x").unwrap();
-        let nowhere = fs.dir.path().join("no-svm.sock");
-        let agent = Agent::start(&nowhere, &fs.mnt, fallback);
+        let nowhere = if vsock {
+            "vsock:1:49999".to_string()
+        } else {
+            format!("unix:{}", fs.dir.path().join("no-svm.sock").display())
+        };
+        let agent = Agent::connect(&nowhere, &fs.mnt, fallback);
         let t = Instant::now();
         assert_eq!(
             denied(std::fs::read(fs.mnt.join("f.txt"))),

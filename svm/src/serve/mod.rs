@@ -95,6 +95,8 @@ pub struct ServeOptions {
     pub listen: Option<PathBuf>,
     /// `--vm-socket-dir`.
     pub vm_socket_dir: Option<PathBuf>,
+    /// `--vsock-port`.
+    pub vsock_port: Option<u32>,
     /// `--metrics`.
     pub metrics: Option<String>,
     /// `--audit-log`.
@@ -114,6 +116,9 @@ fn load_config(opts: &ServeOptions) -> Result<Resolved> {
     }
     if let Some(d) = &opts.vm_socket_dir {
         s.vm_socket_dir = Some(d.clone());
+    }
+    if let Some(p) = opts.vsock_port {
+        s.vsock_port = Some(p);
     }
     if let Some(m) = &opts.metrics {
         s.metrics = m.clone();
@@ -215,6 +220,16 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
 async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Result<()> {
     let server = shared.config.load().cfg.server.clone();
     let listener = bind_unix(&server.listen)?;
+    let vsock = match server.vsock_port {
+        Some(port) => Some(
+            tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                tokio_vsock::VMADDR_CID_ANY,
+                port,
+            ))
+            .with_context(|| format!("binding vsock port {port}"))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_addr = if server.metrics.is_empty() {
         None
@@ -270,13 +285,14 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
     };
     let sigs = shared.sigs.load_full();
     eprintln!(
-        "svm serve: ready: listen={} metrics={} vm_socket_dir={} signatures={} version={} epoch={} load={:.2}s",
+        "svm serve: ready: listen={} metrics={} vm_socket_dir={} vsock={} signatures={} version={} epoch={} load={:.2}s",
         server.listen.display(),
         metrics_addr.map_or("off".to_string(), |a| a.to_string()),
         server
             .vm_socket_dir
             .as_ref()
             .map_or("off".to_string(), |d| d.display().to_string()),
+        server.vsock_port.map_or("off".to_string(), |p| p.to_string()),
         sigs.set.counts().detection_total(),
         sigs.version,
         sigs.epoch,
@@ -349,6 +365,29 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
                     drop(permit);
                 });
             }
+            accepted = accept_vsock(vsock.as_ref()) => {
+                let (stream, addr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!("vsock accept: {e}"); continue; }
+                };
+                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                    tracing::warn!("vsock connection refused: {} connections open", server.max_connections);
+                    continue;
+                };
+                let vm = match vm_for_cid(&shared, addr.cid()) {
+                    Ok(vm) => vm,
+                    Err(why) => {
+                        shared.metrics.protocol_errors.get_or_create(&metrics::KindLabels { kind: "refused" }).inc();
+                        tasks.spawn(conn::refuse(stream, why));
+                        continue;
+                    }
+                };
+                let (shared, stop) = (shared.clone(), stop_rx.clone());
+                tasks.spawn(async move {
+                    conn::serve_conn(shared, stream, vm, "vsock", stop, None).await;
+                    drop(permit);
+                });
+            }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
@@ -373,6 +412,29 @@ fn vm_sockets(dir: &Path) -> Vec<(String, PathBuf)> {
             crate::config::valid_vm_name(&name).then_some((name, p))
         })
         .collect()
+}
+
+/// The next vsock connection; never, without a vsock listener.
+async fn accept_vsock(
+    l: Option<&tokio_vsock::VsockListener>,
+) -> std::io::Result<(tokio_vsock::VsockStream, tokio_vsock::VsockAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The VM a vsock peer is, from its context id (assigned by the hypervisor, so it cannot be
+/// claimed by the guest).
+fn vm_for_cid(shared: &Shared, cid: u32) -> Result<String, String> {
+    let cfg = shared.config.load();
+    if let Some(vm) = cfg.vm_for_cid(cid) {
+        return Ok(vm.to_owned());
+    }
+    match cfg.cfg.server.unknown_peers {
+        UnknownPeers::Allow => Ok(format!("cid-{cid}")),
+        UnknownPeers::Reject => Err(format!("vsock CID {cid} is not a configured VM")),
+    }
 }
 
 /// The VM a unix peer is, from `SO_PEERCRED`.
