@@ -344,25 +344,12 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
                     Ok(x) => x,
                     Err(e) => { tracing::warn!("accept: {e}"); continue; }
                 };
-                let Ok(permit) = conns.clone().try_acquire_owned() else {
-                    tracing::warn!("connection refused: {} connections open", server.max_connections);
-                    continue;
-                };
-                let vm = match peer_vm(&shared, &stream) {
-                    Ok(vm) => vm,
-                    Err(why) => {
-                        shared.metrics.protocol_errors.get_or_create(&metrics::KindLabels { kind: "refused" }).inc();
-                        tasks.spawn(conn::refuse(stream, why));
-                        continue;
-                    }
-                };
-                let (shared, stop) = (shared.clone(), stop_rx.clone());
-                tasks.spawn(async move {
+                let vm = peer_vm(&shared, &stream);
+                let admit = Admit { shared: &shared, conns: &conns, stop: &stop_rx, max: server.max_connections };
+                admit.session(&mut tasks, stream, vm, "unix", |stream| {
                     // Same-host agents may pass file descriptors (SCM_RIGHTS).
                     let fds = fdpass::FdQueue::default();
-                    let stream = fdpass::FdStream::new(stream, fds.clone());
-                    conn::serve_conn(shared, stream, vm, "unix", stop, Some(fds)).await;
-                    drop(permit);
+                    (fdpass::FdStream::new(stream, fds.clone()), Some(fds))
                 });
             }
             accepted = accept_vsock(vsock.as_ref()) => {
@@ -370,23 +357,9 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
                     Ok(x) => x,
                     Err(e) => { tracing::warn!("vsock accept: {e}"); continue; }
                 };
-                let Ok(permit) = conns.clone().try_acquire_owned() else {
-                    tracing::warn!("vsock connection refused: {} connections open", server.max_connections);
-                    continue;
-                };
-                let vm = match vm_for_cid(&shared, addr.cid()) {
-                    Ok(vm) => vm,
-                    Err(why) => {
-                        shared.metrics.protocol_errors.get_or_create(&metrics::KindLabels { kind: "refused" }).inc();
-                        tasks.spawn(conn::refuse(stream, why));
-                        continue;
-                    }
-                };
-                let (shared, stop) = (shared.clone(), stop_rx.clone());
-                tasks.spawn(async move {
-                    conn::serve_conn(shared, stream, vm, "vsock", stop, None).await;
-                    drop(permit);
-                });
+                let vm = vm_for_cid(&shared, addr.cid());
+                let admit = Admit { shared: &shared, conns: &conns, stop: &stop_rx, max: server.max_connections };
+                admit.session(&mut tasks, stream, vm, "vsock", |s| (s, None));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -412,6 +385,52 @@ fn vm_sockets(dir: &Path) -> Vec<(String, PathBuf)> {
             crate::config::valid_vm_name(&name).then_some((name, p))
         })
         .collect()
+}
+
+/// What admitting an accepted connection needs.
+struct Admit<'a> {
+    shared: &'a Arc<Shared>,
+    conns: &'a Arc<tokio::sync::Semaphore>,
+    stop: &'a watch::Receiver<bool>,
+    max: usize,
+}
+
+impl Admit<'_> {
+    /// Take a connection slot, refuse a peer that is no configured VM, and serve the rest.
+    fn session<S, T>(
+        &self,
+        tasks: &mut JoinSet<()>,
+        stream: S,
+        vm: Result<String, String>,
+        via: &'static str,
+        wrap: impl FnOnce(S) -> (T, Option<fdpass::FdQueue>) + Send + 'static,
+    ) where
+        S: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(permit) = self.conns.clone().try_acquire_owned() else {
+            tracing::warn!("{via} connection refused: {} connections open", self.max);
+            return;
+        };
+        let vm = match vm {
+            Ok(vm) => vm,
+            Err(why) => {
+                self.shared
+                    .metrics
+                    .protocol_errors
+                    .get_or_create(&metrics::KindLabels { kind: "refused" })
+                    .inc();
+                tasks.spawn(conn::refuse(stream, why));
+                return;
+            }
+        };
+        let (shared, stop) = (self.shared.clone(), self.stop.clone());
+        tasks.spawn(async move {
+            let (stream, fds) = wrap(stream);
+            conn::serve_conn(shared, stream, vm, via, stop, fds).await;
+            drop(permit);
+        });
+    }
 }
 
 /// The next vsock connection; never, without a vsock listener.
