@@ -104,15 +104,16 @@ impl Daemon {
         std::thread::spawn(move || {
             let Some(pipe) = pipe else { return };
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                // Logged first, so the ready line is in `stderr` once `start` returns.
+                if let Ok(mut l) = log.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
                 if let Some(rest) = line.split(" metrics=").nth(1) {
                     if line.contains("ready:") {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
                         let _ = ready_tx.send(addr);
                     }
-                }
-                if let Ok(mut l) = log.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
                 }
             }
         });
