@@ -160,6 +160,20 @@ sleep 0.5
 kill $pid
 sleep 0.5
 sed "s/^/SVM-GUEST: agent: /" /tmp/agent.log
+# A restarted agent: its new HELLO ends the SVM's old session; the SVM reconnects to the
+# port and the agent's retries get a new one. A new infected file is refused again.
+printf '%s  ' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*' >/prot/eicar2.com
+svm-agent --connect virtio:/dev/virtio-ports/org.svm.agent --mount /prot --open-perm \
+    --deadline-ms 5000 --fallback allow 2>/tmp/agent2.log &
+pid=$!
+i=0
+until grep -q 'ready:' /tmp/agent2.log 2>/dev/null || [ $i -gt 300 ]; do i=$((i + 1)); sleep 0.1; done
+i=0
+while cat /prot/eicar2.com >/dev/null 2>&1 && [ $i -lt 60 ]; do i=$((i + 1)); sleep 1; done
+if cat /prot/eicar2.com >/dev/null 2>&1; then echo "SVM-GUEST: restart-eicar=OPENED"; else echo "SVM-GUEST: restart-eicar=DENIED"; fi
+kill $pid
+sleep 0.5
+sed "s/^/SVM-GUEST: agent2: /" /tmp/agent2.log
 EOF
 chmod +x "$root/init" "$root/roles/agent-test"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initrd.gz.tmp")

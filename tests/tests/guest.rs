@@ -114,6 +114,7 @@ fn the_agent_in_a_qemu_guest_blocks_eicar_over_virtio_serial() {
     assert!(has("eicar=DENIED"), "{}", ctx());
     assert!(has("exec-clean=OK"), "{}", ctx());
     assert!(has("exec-infected=DENIED"), "{}", ctx());
+    assert!(has("restart-eicar=DENIED"), "{}", ctx());
     // The verdicts came from this SVM, for the VM named by its socket.
     let audit = d.audit();
     assert!(
