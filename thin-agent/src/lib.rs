@@ -55,8 +55,10 @@ use transport::{Backoff, Conn};
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Events held by the agent at once (in flight or queued); the rest wait in the kernel.
 const MAX_HELD: usize = 512;
-/// Clean verdicts remembered.
-const CLEAN_CACHE_ENTRIES: usize = 65_536;
+/// Clean verdicts remembered: 7/8 of 32,768 buckets, so the table never grows past them
+/// (about 1.9 MB; see the test `the_clean_cache_fits_the_rss_budget`). When full it is
+/// cleared; the SVM's own identity cache answers the next opens in one round trip.
+const CLEAN_CACHE_ENTRIES: usize = 32_768 / 8 * 7;
 /// How long a file stays readable for the SVM after its verdict or notification.
 const LINGER: Duration = Duration::from_secs(30);
 /// Files kept readable for late `READ_REQ`s at once.
@@ -780,5 +782,37 @@ fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's RSS budget is 10 MiB; about 3 MiB is the binary and libc. The clean
+    /// cache (a hashbrown table: one control byte per bucket, buckets a power of two at
+    /// most 8/7 of the entries) must stay well under the rest.
+    #[test]
+    fn the_clean_cache_fits_the_rss_budget() {
+        let buckets = (CLEAN_CACHE_ENTRIES * 8 / 7).next_power_of_two();
+        let bytes = buckets * (std::mem::size_of::<(FileIdentity, u64)>() + 1);
+        assert!(bytes <= 2 << 20, "{buckets} buckets, {bytes} bytes");
+        let mut m: HashMap<FileIdentity, u64> = HashMap::new();
+        for i in 0..CLEAN_CACHE_ENTRIES as u64 {
+            m.insert(
+                FileIdentity::Posix {
+                    dev: 1,
+                    ino: i,
+                    size: 0,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                },
+                0,
+            );
+        }
+        assert!(
+            m.capacity() < buckets,
+            "the table grew past {buckets} buckets"
+        );
     }
 }
