@@ -717,6 +717,7 @@ impl Agent {
                 if let Some(s) = &mut self.session {
                     s.epoch = v.cache_epoch;
                 }
+                self.answer(fan, &h.ev, v.action == WireAction::Allow);
                 match &v.status {
                     WireStatus::Clean => {
                         if self.clean.len() >= CLEAN_CACHE_ENTRIES {
@@ -727,11 +728,10 @@ impl Agent {
                     // Answered at the SVM's deadline: it may go on reading.
                     WireStatus::Unscanned(_) => {
                         self.linger
-                            .insert(v.request_id, (h.file.try_clone()?, Instant::now() + LINGER));
+                            .insert(v.request_id, (h.file, Instant::now() + LINGER));
                     }
                     WireStatus::Infected(_) => {}
                 }
-                self.answer(fan, &h.ev, v.action == WireAction::Allow);
             }
             Message::ReadReq(r) => {
                 let file = self
