@@ -14,11 +14,15 @@
 //! ```
 //!
 //! # Current limitations
-//! - No event sources yet (QEMU shared RAM, dumps, Xen): they come with memory introspection.
+//! - Memory sources: dump files and RAM files only (feature `dump`, module `mem`); live
+//!   QEMU (shared RAM + QMP) and Xen sources, and page events, come next.
 //! - The protocol has no authentication of its own: who a guest is comes from the transport.
 
-#![forbid(unsafe_code)]
+// Without `dump` there is no unsafe code at all; `mem` maps dump files (one SAFETY block).
+#![cfg_attr(not(feature = "dump"), forbid(unsafe_code))]
 
+#[cfg(feature = "dump")]
+pub mod mem;
 pub mod proto;
 
 use serde::{Deserialize, Serialize};

@@ -33,6 +33,7 @@ pub mod client;
 pub mod config;
 pub mod report;
 pub mod scan;
+pub mod scan_memory;
 pub mod serve;
 pub mod size;
 pub mod storm;

@@ -22,6 +22,9 @@ struct Cli {
 enum Cmd {
     /// Scan files and directories (offline / on-demand), like clamscan.
     Scan(ScanArgs),
+    /// Scan guest RAM from dumps (raw or `dump-guest-memory` ELF cores) or QEMU RAM files;
+    /// detections are reported with their guest-physical address.
+    ScanMemory(ScanMemoryArgs),
     /// Run the security VM daemon: guest events in, allow/deny verdicts out.
     Serve(ServeArgs),
     /// Act as a guest: send files to a running `svm serve` and print its verdicts.
@@ -34,6 +37,36 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SigsCmd,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ScanMemoryArgs {
+    /// Signature file or directory (repeatable). Default: the embedded default set.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    databases: Vec<PathBuf>,
+    /// The files are QEMU RAM files (`memory-backend-file`): raw, offset = guest-physical
+    /// address, whatever their first bytes.
+    #[arg(long)]
+    qemu_ram: bool,
+    /// One JSON object per detection or error, then a summary object.
+    #[arg(long)]
+    json: bool,
+    /// Scanner threads [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Bytes scanned per task.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = svm::size::parse_size)]
+    chunk: u64,
+    /// Bytes each task reads into the next: signatures up to this long are found across
+    /// task boundaries (page boundaries never split a task).
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = svm::size::parse_size)]
+    window: u64,
+    /// Load the valid signatures and skip malformed lines.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// Dump or RAM files.
+    #[arg(required = true, value_name = "DUMP")]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -250,6 +283,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::ScanMemory(a) => svm::scan_memory::run(&svm::scan_memory::MemScanOptions {
+            databases: a.databases,
+            paths: a.paths,
+            raw: a.qemu_ram,
+            json: a.json,
+            threads: a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            chunk: a.chunk,
+            window: a.window,
+            skip_invalid: a.skip_invalid,
+        }),
         Cmd::Check(a) => svm::check::run(&svm::check::CheckOptions {
             socket: a.socket,
             paths: a.paths,

@@ -1,0 +1,248 @@
+//! `svm scan-memory`: scan guest RAM from a dump (raw image or `dump-guest-memory` ELF core)
+//! or a QEMU RAM file with the same signatures as `svm scan`, and report each detection with
+//! the guest-physical address where its bytes are.
+//!
+//! Each RAM region (a contiguous guest-physical range) is cut into chunks scanned in
+//! parallel; every chunk also reads `window` bytes into the next one, and a match is reported
+//! only by the chunk it starts in, so a signature up to `window` bytes long is found wherever
+//! it lies, across page boundaries and chunk boundaries alike.
+
+use crate::scan::load_set;
+use anyhow::Result;
+use hypervisor_api::mem::{Dump, Gpa, RamLayout};
+use scanner::{Limits, ScanResult, Scanner};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Options of `svm scan-memory`.
+#[derive(Debug, Clone)]
+pub struct MemScanOptions {
+    /// Signature files or directories; empty = the embedded default set.
+    pub databases: Vec<PathBuf>,
+    /// Dumps or RAM files.
+    pub paths: Vec<PathBuf>,
+    /// Treat every file as raw RAM (file offset = guest-physical address).
+    pub raw: bool,
+    /// JSON lines.
+    pub json: bool,
+    /// Scanner threads.
+    pub threads: usize,
+    /// Chunk size in bytes.
+    pub chunk: u64,
+    /// Bytes each chunk reads into the next (the longest signature found across a chunk
+    /// boundary).
+    pub window: u64,
+    /// Load what is valid in the signature files and skip the rest.
+    pub skip_invalid: bool,
+}
+
+/// A chunk's detections (signature, guest-physical address), or why it was not scanned.
+type ChunkResult = Result<Vec<(String, Option<Gpa>)>, String>;
+
+/// One detection.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Hit {
+    dump: String,
+    signature: String,
+    gpa: Option<String>,
+}
+
+/// Run it; exit 0 nothing found, 1 something found, 2 an error (nothing is called clean that
+/// was not scanned).
+pub fn run(opts: &MemScanOptions) -> Result<ExitCode> {
+    let (set, load_time) = load_set(&opts.databases, opts.skip_invalid)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .thread_name(|i| format!("svm-memscan-{i}"))
+        .build()?;
+    let started = Instant::now();
+    let (mut found, mut errors, mut bytes) = (0u64, 0u64, 0u64);
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    for path in &opts.paths {
+        let name = path.display().to_string();
+        let dump = if opts.raw {
+            Dump::open_raw(path)
+        } else {
+            Dump::open(path)
+        };
+        let dump = match dump {
+            Ok(d) => d,
+            Err(e) => {
+                errors += 1;
+                line(&mut out, opts.json, &name, None, Some(&e.to_string()))?;
+                continue;
+            }
+        };
+        if let Err(e) = dump.check_size() {
+            errors += 1;
+            line(&mut out, opts.json, &name, None, Some(&e.to_string()))?;
+            continue;
+        }
+        let (hits, errs, n) = pool.install(|| scan_dump(&set, &dump, &name, opts));
+        bytes += n;
+        for e in &errs {
+            line(&mut out, opts.json, &name, None, Some(e))?;
+        }
+        errors += errs.len() as u64;
+        for h in &hits {
+            line(&mut out, opts.json, &name, Some(h), None)?;
+        }
+        found += hits.len() as u64;
+        if hits.is_empty() && errs.is_empty() && !opts.json {
+            writeln!(out, "{name}: OK")?;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let mb = bytes as f64 / 1e6;
+    if opts.json {
+        let summary = serde_json::json!({"summary": {
+            "dumps": opts.paths.len(), "ram_bytes": bytes, "detections": found,
+            "errors": errors, "seconds": secs, "mb_per_s": mb / secs,
+            "load_seconds": load_time.as_secs_f64(),
+        }});
+        writeln!(out, "{summary}")?;
+    } else {
+        writeln!(out, "\n----------- MEMORY SCAN SUMMARY -----------")?;
+        writeln!(out, "Dumps: {}", opts.paths.len())?;
+        writeln!(out, "RAM scanned: {mb:.2} MB")?;
+        writeln!(out, "Detections: {found}")?;
+        writeln!(out, "Errors: {errors}")?;
+        writeln!(
+            out,
+            "Time: {secs:.3} s ({:.1} MB/s), signatures loaded in {:.3} s",
+            mb / secs,
+            load_time.as_secs_f64()
+        )?;
+    }
+    Ok(ExitCode::from(if errors > 0 {
+        2
+    } else if found > 0 {
+        1
+    } else {
+        0
+    }))
+}
+
+fn line(
+    out: &mut impl Write,
+    json: bool,
+    dump: &str,
+    hit: Option<&Hit>,
+    error: Option<&str>,
+) -> std::io::Result<()> {
+    match (json, hit, error) {
+        (true, Some(h), _) => writeln!(out, "{}", serde_json::to_string(h).unwrap_or_default()),
+        (true, None, Some(e)) => writeln!(out, "{}", serde_json::json!({"dump": dump, "error": e})),
+        (false, Some(h), _) => match &h.gpa {
+            Some(g) => writeln!(out, "{dump}: {} FOUND at {g}", h.signature),
+            None => writeln!(out, "{dump}: {} FOUND", h.signature),
+        },
+        (false, None, Some(e)) => writeln!(out, "{dump}: {e} ERROR"),
+        _ => Ok(()),
+    }
+}
+
+/// The chunks of a region: (first GPA, offset in the region, bytes owned, bytes read).
+fn chunks(len: u64, chunk: u64, window: u64) -> Vec<(u64, u64, u64)> {
+    let chunk = chunk.max(4096);
+    let mut v = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let own = chunk.min(len - at);
+        let read = (own + window).min(len - at);
+        v.push((at, own, read));
+        at += own;
+    }
+    v
+}
+
+fn scan_dump(
+    set: &signatures::SignatureSet,
+    dump: &Dump,
+    name: &str,
+    opts: &MemScanOptions,
+) -> (Vec<Hit>, Vec<String>, u64) {
+    use rayon::prelude::*;
+    let mut work = Vec::new();
+    let mut errors = Vec::new();
+    let mut bytes = 0;
+    for r in dump.regions() {
+        match dump.region_bytes(r) {
+            Ok(b) => {
+                bytes += r.len;
+                for (at, own, read) in chunks(r.len, opts.chunk, opts.window) {
+                    work.push((r.gpa, b, at, own, read));
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let results: Vec<ChunkResult> = work
+        .par_iter()
+        .map_init(
+            || {
+                let mut s = Scanner::new(set);
+                s.set_limits(Limits {
+                    max_file_size: u64::MAX,
+                    max_scan_time: Duration::from_secs(600),
+                });
+                s
+            },
+            |scanner, &(gpa, b, at, own, read)| {
+                let (Ok(s), Ok(e)) = (usize::try_from(at), usize::try_from(at + read)) else {
+                    return Err(format!("region {gpa:#x}: chunk beyond the address space"));
+                };
+                let Some(data) = b.get(s..e) else {
+                    return Err(format!("region {gpa:#x}: chunk {at:#x} outside the map"));
+                };
+                match scanner.scan_bytes(data) {
+                    ScanResult::Clean => Ok(Vec::new()),
+                    ScanResult::Infected { matches } => Ok(matches
+                        .into_iter()
+                        // A match starting in the window belongs to the next chunk.
+                        .filter(|m| m.offset.is_none_or(|o| o < own || own == read))
+                        .map(|m| (m.name, m.offset.map(|o| gpa + at + o)))
+                        .collect()),
+                    ScanResult::Unscanned { reason } => Err(format!(
+                        "guest-physical {:#x}+{read}: not scanned: {reason}",
+                        gpa + at
+                    )),
+                }
+            },
+        )
+        .collect();
+    let mut hits = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => hits.extend(v.into_iter().map(|(signature, gpa)| Hit {
+                dump: name.to_owned(),
+                signature,
+                gpa: gpa.map(|g| format!("{g:#x}")),
+            })),
+            Err(e) => errors.push(e),
+        }
+    }
+    hits.sort_by(|a, b| a.gpa.cmp(&b.gpa).then(a.signature.cmp(&b.signature)));
+    hits.dedup_by(|a, b| a.gpa == b.gpa && a.signature == b.signature);
+    (hits, errors, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn chunks_cover_the_region_once_and_read_into_the_next() {
+        let c = chunks(10_000, 4096, 100);
+        assert_eq!(
+            c,
+            vec![(0, 4096, 4196), (4096, 4096, 4196), (8192, 1808, 1808)]
+        );
+        let owned: u64 = c.iter().map(|x| x.1).sum();
+        assert_eq!(owned, 10_000);
+        assert!(chunks(0, 4096, 100).is_empty());
+    }
+}

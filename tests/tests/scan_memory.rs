@@ -1,0 +1,150 @@
+//! `svm scan-memory` on raw RAM images and ELF cores: detections with the guest-physical
+//! address where the bytes really are, across page boundaries, and clear errors for bad dumps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use hypervisor_api::mem::testing::elf_core;
+use std::path::Path;
+use svm_tests::{code, svm};
+
+fn payload() -> Vec<u8> {
+    // Assembled at run time so this source holds no signature bytes in one piece.
+    [&b"svm-memory-test-"[..], b"payload-", b"0123456789abcdef"].concat()
+}
+
+fn sigs(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("mem.ndb");
+    let hex: String = payload().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&p, format!("Test.Mem.Payload:0:*:{hex}\n")).unwrap();
+    p
+}
+
+/// Pseudo-random filler (xorshift), so no page is trivially empty.
+fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The `gpa` fields of the JSON detections.
+fn gpas(stdout: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("gpa")?.as_str().map(str::to_owned))
+        .map(|g| u64::from_str_radix(g.trim_start_matches("0x"), 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_payload_straddling_pages_is_found_at_its_guest_physical_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sigs(dir.path());
+    let p = payload();
+    // Raw RAM: the payload starts 10 bytes before the end of page 5.
+    let at = 6 * 4096 - 10;
+    let mut ram = noise(1 << 20, 7);
+    ram[at..at + p.len()].copy_from_slice(&p);
+    let raw = dir.path().join("ram.raw");
+    std::fs::write(&raw, &ram).unwrap();
+    // Small tasks and a window just long enough: the split falls inside the payload.
+    let o = svm([
+        "scan-memory".as_ref(),
+        "-d".as_ref(),
+        db.as_os_str(),
+        "--json".as_ref(),
+        "--chunk".as_ref(),
+        "4K".as_ref(),
+        "--window".as_ref(),
+        "64".as_ref(),
+        raw.as_os_str(),
+    ]);
+    assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stdout));
+    let g = gpas(&o.stdout);
+    assert_eq!(g, vec![at as u64]);
+    // The address is right: the bytes there are the payload.
+    assert_eq!(&ram[g[0] as usize..g[0] as usize + p.len()], &p[..]);
+
+    // An ELF core: low RAM at 0, a segment at 1 MiB holding the payload across a page
+    // boundary, written to the file first (file order is not address order).
+    let mut high = noise(64 << 10, 9);
+    let off = 3 * 4096 - 5;
+    high[off..off + p.len()].copy_from_slice(&p);
+    let low = noise(256 << 10, 11);
+    let core = dir.path().join("guest.core");
+    std::fs::write(&core, elf_core(&[(0x10_0000, high, None), (0, low, None)])).unwrap();
+    let o = svm([
+        "scan-memory".as_ref(),
+        "-d".as_ref(),
+        db.as_os_str(),
+        "--json".as_ref(),
+        core.as_os_str(),
+    ]);
+    assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(gpas(&o.stdout), vec![0x10_0000 + off as u64]);
+    // Text output names the dump, the signature and the address, clamscan-style.
+    let o = svm([
+        "scan-memory".as_ref(),
+        "-d".as_ref(),
+        db.as_os_str(),
+        core.as_os_str(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("Test.Mem.Payload FOUND at {:#x}", 0x10_0000 + off)),
+        "{text}"
+    );
+}
+
+#[test]
+fn clean_ram_is_ok_and_bad_dumps_are_errors_not_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sigs(dir.path());
+    let clean = dir.path().join("clean.raw");
+    std::fs::write(&clean, noise(256 << 10, 3)).unwrap();
+    let o = svm([
+        "scan-memory".as_ref(),
+        "-d".as_ref(),
+        db.as_os_str(),
+        clean.as_os_str(),
+    ]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("clean.raw: OK"));
+
+    let seg = noise(8192, 5);
+    let good = elf_core(&[(0, seg.clone(), None)]);
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated.core",
+            good[..good.len() - 100].to_vec(),
+            "outside",
+        ),
+        ("headers-cut.core", good[..80].to_vec(), "malformed"),
+        (
+            "overlap.core",
+            elf_core(&[(0, seg.clone(), None), (4096, seg.clone(), None)]),
+            "overlap",
+        ),
+        ("far.core", elf_core(&[(0, seg, Some(1 << 40))]), "outside"),
+        ("empty.raw", Vec::new(), "empty"),
+    ];
+    for (name, bytes, why) in bad {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let o = svm([
+            "scan-memory".as_ref(),
+            "-d".as_ref(),
+            db.as_os_str(),
+            p.as_os_str(),
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(code(&o), 2, "{name}: {out}");
+        assert!(out.contains("ERROR") && out.contains(why), "{name}: {out}");
+        assert!(!out.contains(": OK"), "{name}: {out}");
+    }
+}
