@@ -12,6 +12,8 @@
 # Roles (kernel command line `svm.role=NAME`, files in /roles/ of the image):
 #   agent-test  start svm-agent on /dev/virtio-ports/org.svm.agent over a tmpfs at /prot,
 #               open an EICAR file and a clean file, print SVM-GUEST lines, power off.
+#   mem-test    assemble a test payload in memory at run time (never on disk) and keep it
+#               alive for the host's memory scan.
 #   shell       (default) print a banner and power off.
 set -euo pipefail
 
@@ -175,7 +177,24 @@ kill $pid
 sleep 0.5
 sed "s/^/SVM-GUEST: agent2: /" /tmp/agent2.log
 EOF
-chmod +x "$root/init" "$root/roles/agent-test"
+cat >"$root/roles/mem-test" <<'EOF'
+#!/bin/sh
+# Memory introspection check: a test payload is assembled in this shell's memory at run
+# time (it never exists on disk or in this script in one piece), then kept alive until the
+# host powers the guest off or 300 s pass.
+a='svm-memory-test-'
+b='payload-'
+c='0123456789abcdef'
+p="$a$b$c"
+echo "SVM-GUEST: payload ready (${#p} bytes)"
+i=0
+while [ $i -lt 300 ]; do
+    [ -n "$p" ] || break
+    i=$((i + 1))
+    sleep 1
+done
+EOF
+chmod +x "$root/init" "$root/roles/agent-test" "$root/roles/mem-test"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initrd.gz.tmp")
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 echo "guest-image: $out/vmlinuz ($kpkg) $out/initrd.gz ($(du -h "$out/initrd.gz" | cut -f1))"

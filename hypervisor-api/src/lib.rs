@@ -24,6 +24,8 @@
 #[cfg(feature = "dump")]
 pub mod mem;
 pub mod proto;
+#[cfg(feature = "qemu")]
+pub mod qmp;
 
 use serde::{Deserialize, Serialize};
 

@@ -64,6 +64,15 @@ struct ScanMemoryArgs {
     /// Load the valid signatures and skip malformed lines.
     #[arg(long)]
     skip_invalid: bool,
+    /// The VM's QMP socket (for --pause and --forensics).
+    #[arg(long, value_name = "SOCKET")]
+    qmp: Option<PathBuf>,
+    /// On a detection, pause the VM through QMP.
+    #[arg(long, requires = "qmp")]
+    pause: bool,
+    /// On a detection, dump the VM's memory (dump-guest-memory) into DIR.
+    #[arg(long, value_name = "DIR", requires = "qmp")]
+    forensics: Option<PathBuf>,
     /// Dump or RAM files.
     #[arg(required = true, value_name = "DUMP")]
     paths: Vec<PathBuf>,
@@ -294,6 +303,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             chunk: a.chunk,
             window: a.window,
             skip_invalid: a.skip_invalid,
+            qmp: a.qmp,
+            pause: a.pause,
+            forensics: a.forensics,
         }),
         Cmd::Check(a) => svm::check::run(&svm::check::CheckOptions {
             socket: a.socket,

@@ -36,6 +36,12 @@ pub struct MemScanOptions {
     pub window: u64,
     /// Load what is valid in the signature files and skip the rest.
     pub skip_invalid: bool,
+    /// The VM's QMP socket, for the actions below.
+    pub qmp: Option<PathBuf>,
+    /// On a detection, pause the VM (QMP `stop`).
+    pub pause: bool,
+    /// On a detection, write the VM's memory (QMP `dump-guest-memory`) into this directory.
+    pub forensics: Option<PathBuf>,
 }
 
 /// A chunk's detections (signature, guest-physical address), or why it was not scanned.
@@ -94,6 +100,12 @@ pub fn run(opts: &MemScanOptions) -> Result<ExitCode> {
         if hits.is_empty() && errs.is_empty() && !opts.json {
             writeln!(out, "{name}: OK")?;
         }
+        if !hits.is_empty() {
+            if let Err(e) = act(opts, &name, &mut out) {
+                errors += 1;
+                line(&mut out, opts.json, &name, None, Some(&format!("{e:#}")))?;
+            }
+        }
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let mb = bytes as f64 / 1e6;
@@ -124,6 +136,53 @@ pub fn run(opts: &MemScanOptions) -> Result<ExitCode> {
     } else {
         0
     }))
+}
+
+/// The actions on a detection: pause the VM, then dump its memory for forensics.
+fn act(opts: &MemScanOptions, name: &str, out: &mut impl Write) -> Result<()> {
+    use anyhow::Context;
+    if !opts.pause && opts.forensics.is_none() {
+        return Ok(());
+    }
+    let sock = opts
+        .qmp
+        .as_ref()
+        .context("--pause and --forensics need --qmp SOCKET")?;
+    let mut q = hypervisor_api::qmp::Qmp::connect(sock, Duration::from_secs(5))
+        .with_context(|| format!("QMP {}", sock.display()))?;
+    if opts.pause {
+        q.stop()?;
+        let status = q.status()?;
+        report_action(out, opts.json, name, "pause", &status)?;
+    }
+    if let Some(dir) = &opts.forensics {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let file = dir.join(format!("svm-{secs}-{}.core", std::process::id()));
+        q.set_timeout(Duration::from_secs(600));
+        q.dump_guest_memory(&file)?;
+        report_action(out, opts.json, name, "dump", &file.display().to_string())?;
+    }
+    Ok(())
+}
+
+fn report_action(
+    out: &mut impl Write,
+    json: bool,
+    dump: &str,
+    action: &str,
+    detail: &str,
+) -> std::io::Result<()> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"dump": dump, "action": action, "result": detail})
+        )
+    } else {
+        writeln!(out, "{dump}: action {action}: {detail}")
+    }
 }
 
 fn line(

@@ -1,7 +1,9 @@
 //! The thin agent inside a real QEMU guest (TCG): `svm-agent` in a busybox initramfs talks to
 //! `svm serve` on this host over virtio-serial. The guest opens EICAR and a clean file, runs
 //! a clean and an infected program, and prints what happened on its serial console, which
-//! this test reads.
+//! this test reads. A second guest keeps its RAM in a shared file and assembles a payload in
+//! memory at run time; `svm scan-memory` finds it at its guest-physical address, pauses the
+//! VM through QMP and writes a forensic dump.
 //!
 //! Needs `qemu-system-x86_64` and the Debian packages `linux-image-amd64` and
 //! `busybox-static` (downloaded by `scripts/guest-image.sh`, cached in
@@ -27,89 +29,127 @@ fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn the_agent_in_a_qemu_guest_blocks_eicar_over_virtio_serial() {
-    if !have("qemu-system-x86_64") {
-        eprintln!(
-            "SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86; .ci/run does)"
-        );
-        return;
+/// A QEMU guest booted from the test image with one role; killed on drop.
+struct Guest {
+    child: std::process::Child,
+    serial: PathBuf,
+}
+
+impl Guest {
+    /// Boot `img` (from `scripts/guest-image.sh`) with `svm.role=ROLE`, the serial console
+    /// in `dir/serial.log`, and `extra` QEMU arguments.
+    fn boot(img: &Path, dir: &Path, role: &str, machine: &str, extra: &[String]) -> Guest {
+        let serial = dir.join("serial.log");
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-machine", machine, "-cpu", "max", "-smp", "1", "-m", "256M",
+            ])
+            .arg("-kernel")
+            .arg(img.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(img.join("initrd.gz"))
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 quiet svm.role={role}"))
+            .args([
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-no-reboot",
+                "-serial",
+            ])
+            .arg(format!("file:{}", serial.display()))
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Guest { child, serial }
     }
-    let work = tempfile::tempdir().unwrap();
-    let img = work.path().join("img");
+
+    /// The console lines the image's roles print.
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.serial)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("SVM-GUEST:"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Wait until the console shows `needle` or the guest exits; false after `secs`.
+    fn wait_for(&mut self, needle: &str, secs: u64) -> bool {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            if self.lines().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                return self.lines().iter().any(|l| l.contains(needle));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Build the test image into `dir/img`.
+fn image(dir: &Path) -> PathBuf {
+    let img = dir.join("img");
     let st = Command::new(repo().join("scripts/guest-image.sh"))
         .arg(&img)
         .arg(svm_tests::built_bin("svm-agent"))
         .status()
         .unwrap();
     assert!(st.success(), "scripts/guest-image.sh failed");
+    img
+}
 
+fn no_qemu() -> bool {
+    if have("qemu-system-x86_64") {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86; .ci/run does)"
+    );
+    true
+}
+
+#[test]
+fn the_agent_in_a_qemu_guest_blocks_eicar_over_virtio_serial() {
+    if no_qemu() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path());
     let vms = work.path().join("vms");
     std::fs::create_dir(&vms).unwrap();
     let cfg = "[server]\n[groups.default]\ndeadline_ms = 5000\n";
     let d = Daemon::start(cfg, &["--vm-socket-dir", vms.to_str().unwrap()]);
-
-    let serial = work.path().join("serial.log");
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35,accel=tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "1",
-            "-m",
-            "256M",
-        ])
-        .arg("-kernel")
-        .arg(img.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(img.join("initrd.gz"))
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 quiet svm.role=agent-test",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-            "-serial",
-        ])
-        .arg(format!("file:{}", serial.display()))
-        .args(["-device", "virtio-serial", "-chardev"])
-        .arg(format!(
+    let extra: Vec<String> = vec![
+        "-device".into(),
+        "virtio-serial".into(),
+        "-chardev".into(),
+        format!(
             "socket,path={},server=on,wait=off,id=c0",
             vms.join("testvm.sock").display()
-        ))
-        .args(["-device", "virtserialport,chardev=c0,name=org.svm.agent"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        ),
+        "-device".into(),
+        "virtserialport,chardev=c0,name=org.svm.agent".into(),
+    ];
+    let mut g = Guest::boot(&img, work.path(), "agent-test", "q35,accel=tcg", &extra);
     // TCG boots in about 12 s here; the role powers the guest off when it is done.
-    let until = Instant::now() + Duration::from_secs(300);
-    loop {
-        if qemu.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > until {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let console = std::fs::read_to_string(&serial).unwrap_or_default();
-    let lines: Vec<&str> = console
-        .lines()
-        .filter(|l| l.contains("SVM-GUEST:"))
-        .collect();
+    let done = g.wait_for("SVM-GUEST: done", 300);
+    let lines = g.lines();
     let has = |s: &str| lines.iter().any(|l| l.contains(s));
     let ctx = || format!("guest console:\n{}", lines.join("\n"));
-    assert!(
-        has("SVM-GUEST: done"),
-        "the guest did not finish\n{}",
-        ctx()
-    );
+    assert!(done, "the guest did not finish\n{}", ctx());
     assert!(has("clean=OK hello from the guest"), "{}", ctx());
     assert!(has("eicar=DENIED"), "{}", ctx());
     assert!(has("exec-clean=OK"), "{}", ctx());
@@ -128,4 +168,97 @@ fn the_agent_in_a_qemu_guest_blocks_eicar_over_virtio_serial() {
         "{}",
         ctx()
     );
+}
+
+#[test]
+fn a_payload_assembled_in_guest_memory_is_found_at_its_address_and_the_vm_paused() {
+    if no_qemu() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let img = image(work.path());
+    let ram = work.path().join("ram");
+    let qmp = work.path().join("qmp.sock");
+    let extra: Vec<String> = vec![
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=mem,size=256M,mem-path={},share=on",
+            ram.display()
+        ),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp.display()),
+    ];
+    let machine = "q35,accel=tcg,memory-backend=mem";
+    let mut g = Guest::boot(&img, work.path(), "mem-test", machine, &extra);
+    assert!(
+        g.wait_for("payload ready", 300),
+        "the guest never assembled its payload: {:?}",
+        g.lines()
+    );
+    // The same bytes the guest's shell assembled from three pieces.
+    let payload = [&b"svm-memory-test-"[..], b"payload-", b"0123456789abcdef"].concat();
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    let db = work.path().join("mem.ndb");
+    std::fs::write(&db, format!("Test.Mem.Payload:0:*:{hex}\n")).unwrap();
+    let forensics = work.path().join("forensics");
+    std::fs::create_dir(&forensics).unwrap();
+    // The shell may still be copying the string around: scan until it is seen (bounded).
+    let until = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let o = svm_tests::svm([
+            "scan-memory".as_ref(),
+            "-d".as_ref(),
+            db.as_os_str(),
+            "--qemu-ram".as_ref(),
+            "--json".as_ref(),
+            "--qmp".as_ref(),
+            qmp.as_os_str(),
+            "--pause".as_ref(),
+            "--forensics".as_ref(),
+            forensics.as_os_str(),
+            ram.as_os_str(),
+        ]);
+        if svm_tests::code(&o) == 1 || Instant::now() > until {
+            break o;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(svm_tests::code(&out), 1, "{text}");
+    // Every reported guest-physical address really holds the payload (RAM file offset =
+    // guest-physical address for a 256 MiB q35 guest).
+    let gpas: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("gpa")?.as_str().map(str::to_owned))
+        .map(|g| u64::from_str_radix(g.trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    assert!(!gpas.is_empty(), "{text}");
+    let mem = std::fs::read(&ram).unwrap();
+    for g in &gpas {
+        let at = *g as usize;
+        assert_eq!(&mem[at..at + payload.len()], &payload[..], "at {g:#x}");
+    }
+    // The pause policy: QEMU reports the VM paused.
+    let mut q = hypervisor_api::qmp::Qmp::connect(&qmp, Duration::from_secs(10)).unwrap();
+    assert_eq!(q.status().unwrap(), "paused", "{text}");
+    // The forensic dump is an ELF core that holds the payload too.
+    let dumps: Vec<PathBuf> = std::fs::read_dir(&forensics)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dumps.len(), 1, "{text}");
+    let o = svm_tests::svm([
+        "scan-memory".as_ref(),
+        "-d".as_ref(),
+        db.as_os_str(),
+        dumps[0].as_os_str(),
+    ]);
+    assert_eq!(
+        svm_tests::code(&o),
+        1,
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    drop(g);
 }
