@@ -97,6 +97,22 @@ pub struct GroupConfig {
     pub max_file_size: u64,
     /// Path globs that are allowed without a scan (counted as `excluded`).
     pub exclude: Vec<String>,
+    /// What a detection in a VM's memory does (always audited and counted).
+    pub on_memory_detect: MemoryAction,
+    /// Where `on_memory_detect = "dump"` writes the VM's memory.
+    pub forensics_dir: Option<PathBuf>,
+}
+
+/// The action on a detection in guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryAction {
+    /// Audit log and metrics only.
+    Alert,
+    /// Also pause the VM (QMP `stop`).
+    Pause,
+    /// Also pause the VM and write its memory to `forensics_dir`.
+    Dump,
 }
 
 impl Default for GroupConfig {
@@ -109,6 +125,8 @@ impl Default for GroupConfig {
             deadline_ms: 2000,
             max_file_size: 100 << 20,
             exclude: Vec::new(),
+            on_memory_detect: MemoryAction::Alert,
+            forensics_dir: None,
         }
     }
 }
@@ -126,6 +144,10 @@ pub struct VmConfig {
     pub uid: Option<u32>,
     /// A guest connecting over vsock from this context id is this VM.
     pub cid: Option<u32>,
+    /// Its RAM file (QEMU `memory-backend-file,share=on`): swept for memory detections.
+    pub qemu_ram: Option<PathBuf>,
+    /// Its QMP socket, for the pause and dump actions.
+    pub qmp: Option<PathBuf>,
 }
 
 fn default_group() -> String {
@@ -199,6 +221,17 @@ pub struct ServerConfig {
     pub max_scan_time_ms: u64,
     /// Testing aid only (see [`StallConfig`]).
     pub test_stall: Option<StallConfig>,
+    /// A memory sweep round starts at most this often, per VM.
+    pub sweep_interval_ms: u64,
+    /// The share of one CPU a VM's sweeper may use (it sleeps longer after a long round).
+    pub sweep_max_cpu: f64,
+    /// Bytes scanned into the unchanged neighbours of changed pages (the longest signature
+    /// found across a page boundary).
+    #[serde(deserialize_with = "de_size")]
+    pub memory_window: u64,
+    /// Page hashes remembered host-wide: a page whose content was scanned with the current
+    /// signature set is not scanned again, in any VM.
+    pub page_dedup_entries: usize,
 }
 
 /// The default socket path: `/run/svm/svm.sock`.
@@ -230,6 +263,10 @@ impl Default for ServerConfig {
             unknown_peers: UnknownPeers::Allow,
             max_scan_time_ms: 60_000,
             test_stall: None,
+            sweep_interval_ms: 1000,
+            sweep_max_cpu: 0.25,
+            memory_window: 4096,
+            page_dedup_entries: 1 << 20,
         }
     }
 }
@@ -346,6 +383,22 @@ impl Config {
             if !seen.insert(v.name.as_str()) {
                 bail!("vm {:?} is listed twice", v.name);
             }
+            if let (Some(_), Some(g)) = (&v.qemu_ram, groups.get(&v.group)) {
+                let action = g.cfg.on_memory_detect;
+                if action != MemoryAction::Alert && v.qmp.is_none() {
+                    bail!(
+                        "vm {:?}: on_memory_detect = {action:?} needs qmp = SOCKET",
+                        v.name
+                    );
+                }
+                if action == MemoryAction::Dump && g.cfg.forensics_dir.is_none() {
+                    bail!(
+                        "vm {:?}: group {:?} dumps memory but has no forensics_dir",
+                        v.name,
+                        v.group
+                    );
+                }
+            }
             if v.cid.is_some_and(|c| c < 3) {
                 bail!(
                     "vm {:?}: vsock CIDs 0-2 are reserved; a guest's CID is 3 or more",
@@ -369,6 +422,9 @@ impl Config {
         }
         if s.max_inline + 8192 > s.max_payload || s.max_read_chunk + 64 > s.max_payload {
             bail!("server.max_inline and max_read_chunk must fit in max_payload with room for headers");
+        }
+        if !(s.sweep_max_cpu > 0.0 && s.sweep_max_cpu <= 1.0) {
+            bail!("server.sweep_max_cpu is a share of one CPU: more than 0, at most 1");
         }
         if s.max_read_chunk == 0 || s.max_pending == 0 || s.max_connections == 0 {
             bail!("server.max_read_chunk, max_pending and max_connections must be positive");

@@ -81,6 +81,18 @@ pub struct Metrics {
     pub audit_dropped: Counter,
     /// Log lines suppressed by rate limiting.
     pub logs_suppressed: Counter,
+    /// Memory sweep rounds.
+    pub mem_rounds: Counter,
+    /// Guest pages hashed by the sweepers.
+    pub mem_pages_hashed: Counter,
+    /// Guest pages scanned (changed and not seen before).
+    pub mem_pages_scanned: Counter,
+    /// Changed guest pages skipped because their content was scanned before (any VM).
+    pub mem_pages_deduped: Counter,
+    /// Detections in guest memory.
+    pub mem_detections: Counter,
+    /// RAM files that could not be read or scanned.
+    pub mem_errors: Counter,
     /// Entries in the verdict cache.
     pub cache_entries: Gauge,
     /// Bytes held by the verdict cache.
@@ -118,6 +130,12 @@ impl Metrics {
             protocol_errors: Family::default(),
             audit_dropped: Counter::default(),
             logs_suppressed: Counter::default(),
+            mem_rounds: Counter::default(),
+            mem_pages_hashed: Counter::default(),
+            mem_pages_scanned: Counter::default(),
+            mem_pages_deduped: Counter::default(),
+            mem_detections: Counter::default(),
+            mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
         };
@@ -185,6 +203,36 @@ impl Metrics {
             "Guest-triggered log lines suppressed by rate limiting",
             m.logs_suppressed.clone(),
         );
+        for (name, help, c) in [
+            ("memory_sweep_rounds", "Memory sweep rounds", &m.mem_rounds),
+            (
+                "memory_pages_hashed",
+                "Guest pages hashed by the sweepers",
+                &m.mem_pages_hashed,
+            ),
+            (
+                "memory_pages_scanned",
+                "Guest pages scanned",
+                &m.mem_pages_scanned,
+            ),
+            (
+                "memory_pages_deduped",
+                "Changed guest pages not scanned because their content was scanned before",
+                &m.mem_pages_deduped,
+            ),
+            (
+                "memory_detections",
+                "Detections in guest memory",
+                &m.mem_detections,
+            ),
+            (
+                "memory_errors",
+                "RAM files that could not be read or scanned",
+                &m.mem_errors,
+            ),
+        ] {
+            r.register(name, help, c.clone());
+        }
         r.register(
             "cache_entries",
             "Verdict cache entries",

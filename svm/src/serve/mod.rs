@@ -9,6 +9,7 @@
 pub mod audit;
 mod conn;
 pub mod fdpass;
+pub mod memwatch;
 pub mod metrics;
 pub mod pipeline;
 pub mod sched;
@@ -175,6 +176,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         guest_log: audit::LogLimiter::new(20),
     });
     let threads = pipeline::start_workers(&shared, workers)?;
+    let sweep_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweepers = memwatch::start(&shared, &sweep_stop);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(match server.io_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -185,7 +188,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         .build()?;
     let res = rt.block_on(serve(shared.clone(), opts, load));
     shared.sched.close();
-    for t in threads {
+    sweep_stop.store(true, Ordering::Relaxed);
+    for t in threads.into_iter().chain(sweepers) {
         let _ = t.join();
     }
     rt.shutdown_timeout(Duration::from_secs(1));
