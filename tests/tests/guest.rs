@@ -342,5 +342,20 @@ fn svm_serve_sweeps_a_live_guest_and_pauses_it_on_a_memory_detection() {
     assert!(d.metric("svm_memory_pages_scanned_total") >= 1.0);
     // Zero pages and other repeated content were scanned once.
     assert!(d.metric("svm_memory_pages_deduped_total") >= 1.0);
+    // Resumed, the guest's shell copies the payload to new addresses: they are found, but
+    // one incident is one report and one action (the VM is not paused again).
+    q.cont().unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while d.metric("svm_memory_repeats_total") < 1.0 {
+        assert!(Instant::now() < until, "the payload was never found again");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let again = d
+        .audit()
+        .into_iter()
+        .filter(|r| r.contains("\"op\":\"memory\"") && r.contains("\"vm\":\"memvm\""))
+        .count();
+    assert_eq!(again, 1, "{:?}", d.audit());
+    assert_eq!(q.status().unwrap(), "running");
     drop(g);
 }

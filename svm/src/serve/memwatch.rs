@@ -26,6 +26,17 @@ pub const PAGE: usize = 4096;
 /// Content hashes of pages already scanned, with the set version they were scanned with.
 pub type PageSeen = quick_cache::sync::Cache<(u128, u64), ()>;
 
+/// Signatures already reported for one VM → when. Live code copies itself around (a shell
+/// re-expands a variable, a heap grows), so one infection shows up at new addresses round
+/// after round. One incident is one report and one action: the same signature in the same VM
+/// is reported and acted on again only after [`REPORT_AGAIN_AFTER`] (so an administrator who
+/// resumes a paused VM to investigate is not overruled a second later). Repeats are counted
+/// in `svm_memory_repeats_total`.
+type Reported = std::collections::HashMap<String, Instant>;
+
+/// How long a repeated detection stays quiet.
+pub const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(3600);
+
 /// Start a sweeper for every configured VM with a RAM file.
 pub fn start(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
     let cfg = shared.config.load();
@@ -70,6 +81,7 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
     };
     let m = &shared.metrics;
     let mut prev: Vec<u128> = Vec::new();
+    let mut reported = Reported::new();
     let mut dump: Option<Dump> = None;
     let mut logged_error = false;
     while !stop.load(Ordering::Relaxed) {
@@ -102,7 +114,15 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
             }
         }
         let Some(d) = &dump else { continue };
-        round(shared, vm, d, &mut prev, seen, server.memory_window);
+        round(
+            shared,
+            vm,
+            d,
+            &mut prev,
+            seen,
+            &mut reported,
+            server.memory_window,
+        );
         m.mem_rounds.inc();
         let busy = t0.elapsed();
         let rest = busy.mul_f64(1.0 / share - 1.0);
@@ -117,6 +137,7 @@ fn round(
     d: &Dump,
     prev: &mut Vec<u128>,
     seen: &PageSeen,
+    reported: &mut Reported,
     window: u64,
 ) {
     let m = &shared.metrics;
@@ -184,7 +205,18 @@ fn round(
             ScanResult::Infected { matches } => {
                 for hit in matches {
                     let gpa = r.gpa + lo as u64 + hit.offset.unwrap_or(0);
+                    if reported
+                        .get(&hit.name)
+                        .is_some_and(|t| t.elapsed() < REPORT_AGAIN_AFTER)
+                    {
+                        shared.metrics.mem_repeats.inc();
+                        continue;
+                    }
+                    if reported.len() >= 10_000 {
+                        reported.clear();
+                    }
                     detected(shared, vm, &hit.name, gpa, sigs.version);
+                    reported.insert(hit.name, Instant::now());
                 }
             }
             ScanResult::Unscanned { reason } => {

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub mem_pages_deduped: Counter,
     /// Detections in guest memory.
     pub mem_detections: Counter,
+    /// Detections of a signature already reported for that VM (not reported again).
+    pub mem_repeats: Counter,
     /// RAM files that could not be read or scanned.
     pub mem_errors: Counter,
     /// Entries in the verdict cache.
@@ -135,6 +137,7 @@ impl Metrics {
             mem_pages_scanned: Counter::default(),
             mem_pages_deduped: Counter::default(),
             mem_detections: Counter::default(),
+            mem_repeats: Counter::default(),
             mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -224,6 +227,11 @@ impl Metrics {
                 "memory_detections",
                 "Detections in guest memory",
                 &m.mem_detections,
+            ),
+            (
+                "memory_repeats",
+                "Detections of a signature already reported for that VM, not reported again",
+                &m.mem_repeats,
             ),
             (
                 "memory_errors",
