@@ -245,6 +245,18 @@ impl FileIdentity {
     pub fn is_some(&self) -> bool {
         !matches!(self, FileIdentity::None)
     }
+
+    /// Guest side: the POSIX identity of a file from its metadata.
+    pub fn posix(m: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity::Posix {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
 }
 
 /// Where a `FILE_EVENT`'s content comes from.
@@ -1011,36 +1023,66 @@ pub fn decode_frame(buf: &[u8], max_payload: u32) -> Result<Option<(Message, usi
     Ok(Some((Message::decode(h.ty, payload)?, total)))
 }
 
+/// Fill `buf` from `offset` whatever the file's position; fewer bytes only at the end of the
+/// file.
+fn pread_full(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        match file.read_at(rest, offset.saturating_add(done as u64)) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// Guest side: answer a `READ_REQ` from a file, reading from the requested offset whatever the
 /// file's position, at most `max_chunk` bytes: status `Ok` with all the bytes asked for, `Eof`
 /// with fewer (the file ended), or `Error` with the reason as text.
 pub fn read_data_from(file: &std::fs::File, req: &ReadReq, max_chunk: u32) -> ReadData {
-    use std::os::unix::fs::FileExt;
     let want = req.len.min(max_chunk.max(1)) as usize;
     let mut data = vec![0u8; want];
-    let mut done = 0;
-    let status = loop {
-        let Some(rest) = data.get_mut(done..).filter(|r| !r.is_empty()) else {
-            break ReadStatus::Ok;
-        };
-        match file.read_at(rest, req.offset.saturating_add(done as u64)) {
-            Ok(0) => break ReadStatus::Eof,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                data = e.to_string().into_bytes();
-                done = data.len();
-                break ReadStatus::Error;
+    let status = match pread_full(file, &mut data, req.offset) {
+        Ok(n) => {
+            data.truncate(n);
+            if n == want {
+                ReadStatus::Ok
+            } else {
+                ReadStatus::Eof
             }
         }
+        Err(e) => {
+            data = e.to_string().into_bytes();
+            ReadStatus::Error
+        }
     };
-    data.truncate(done);
     ReadData {
         request_id: req.request_id,
         offset: req.offset,
         status,
         data,
     }
+}
+
+/// Guest side: the content of a `FILE_EVENT` for a file of `size` bytes, and the size to
+/// declare with it. Up to `max_inline` bytes the file is read from offset 0 and sent inline
+/// (declaring what was read: a file that shrank meanwhile sends fewer bytes); larger files are
+/// left to the SVM's `READ_REQ`s.
+pub fn file_content(
+    file: &std::fs::File,
+    size: u64,
+    max_inline: u32,
+) -> std::io::Result<(Content, u64)> {
+    if size > u64::from(max_inline) {
+        return Ok((Content::Read, size));
+    }
+    let mut data = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    let n = pread_full(file, &mut data, 0)?;
+    data.truncate(n);
+    Ok((Content::Inline(data), n as u64))
 }
 
 /// Any reason a byte stream is not valid protocol.

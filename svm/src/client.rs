@@ -4,10 +4,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use hypervisor_api::proto::{
-    self, caps, Content, FileEvent, FileIdentity, FileOp, Hello, Message, OsKind, VerdictMsg,
-    Welcome,
+    self, caps, FileEvent, FileIdentity, FileOp, Hello, Message, OsKind, VerdictMsg, Welcome,
 };
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -112,21 +110,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guest<S> {
         if !meta.is_file() {
             bail!("not a regular file");
         }
-        let identity = FileIdentity::Posix {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        };
-        let size = meta.size();
-        let content = if size <= u64::from(self.welcome.max_inline) {
-            let mut data = vec![0u8; size as usize];
-            file.read_exact_at(&mut data, 0)?;
-            Content::Inline(data)
-        } else {
-            Content::Read
-        };
+        let identity = FileIdentity::posix(&meta);
+        let (content, size) = proto::file_content(&file, meta.len(), self.welcome.max_inline)?;
         let id = self.next_id;
         self.next_id += 1;
         let ev = Message::FileEvent(FileEvent {

@@ -176,21 +176,8 @@ fn file_of(fd: BorrowedFd<'_>) -> Option<std::fs::File> {
 
 /// The identity and size of a regular file; `Ok(None)` for anything else.
 fn identity_of(f: &std::fs::File) -> std::io::Result<Option<(FileIdentity, u64)>> {
-    use std::os::unix::fs::MetadataExt;
     let m = f.metadata()?;
-    if !m.is_file() {
-        return Ok(None);
-    }
-    Ok(Some((
-        FileIdentity::Posix {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        },
-        m.size(),
-    )))
+    Ok(m.is_file().then(|| (FileIdentity::posix(&m), m.len())))
 }
 
 fn path_of(fd: BorrowedFd<'_>) -> Vec<u8> {
@@ -198,23 +185,6 @@ fn path_of(fd: BorrowedFd<'_>) -> Vec<u8> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map(|p| p.into_os_string().into_encoded_bytes())
         .unwrap_or_default()
-}
-
-/// Up to `size` bytes from the start of the file.
-fn read_head(f: &std::fs::File, size: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut data = vec![0u8; usize::try_from(size).unwrap_or(0)];
-    let mut done = 0;
-    while let Some(rest) = data.get_mut(done..).filter(|r| !r.is_empty()) {
-        match f.read_at(rest, done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    data.truncate(done);
-    Ok(data)
 }
 
 /// Why a fallback policy answered an event.
@@ -566,17 +536,13 @@ impl Agent {
             return;
         }
         let Some(s) = &mut self.session else { return };
-        let inline = size <= u64::from(s.welcome.max_inline);
-        let content = match inline.then(|| read_head(&file, size)) {
-            Some(Ok(d)) => Content::Inline(d),
-            Some(Err(_)) => return,
-            None if self.linger.len() < MAX_LINGER => Content::Read,
-            None => return,
+        let Ok((content, size)) = proto::file_content(&file, size, s.welcome.max_inline) else {
+            return;
         };
-        let size = match &content {
-            Content::Inline(d) => d.len() as u64,
-            _ => size,
-        };
+        let pulled = content == Content::Read;
+        if pulled && self.linger.len() >= MAX_LINGER {
+            return;
+        }
         let id = self.next_id;
         self.next_id += 1;
         let r = s.conn.send(
@@ -594,7 +560,7 @@ impl Agent {
         match r {
             Ok(()) => {
                 self.stats.close_writes += 1;
-                if !inline {
+                if pulled {
                     self.linger.insert(id, (file, Instant::now() + LINGER));
                 }
             }
@@ -617,20 +583,12 @@ impl Agent {
                 self.fall_back(fan, &h.ev, Why::Timeout, &"queued past the deadline");
                 continue;
             }
-            let content = if h.size <= u64::from(s.welcome.max_inline) {
-                match read_head(&h.file, h.size) {
-                    Ok(d) => Content::Inline(d),
-                    Err(e) => {
-                        self.fall_back(fan, &h.ev, Why::Error, &e);
-                        continue;
-                    }
+            let (content, size) = match proto::file_content(&h.file, h.size, s.welcome.max_inline) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.fall_back(fan, &h.ev, Why::Error, &e);
+                    continue;
                 }
-            } else {
-                Content::Read
-            };
-            let size = match &content {
-                Content::Inline(d) => d.len() as u64,
-                _ => h.size,
             };
             let id = self.next_id;
             self.next_id += 1;
