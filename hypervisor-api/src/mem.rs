@@ -107,30 +107,35 @@ const MAX_SEGMENTS: usize = 4096;
 impl Dump {
     /// Open a dump: an ELF core if it starts with the ELF magic, else raw RAM.
     pub fn open(path: &Path) -> Result<Dump, MemError> {
+        Self::open_as(path, None)
+    }
+
+    /// Open a raw RAM file (e.g. QEMU's `memory-backend-file`), whatever its first bytes.
+    pub fn open_raw(path: &Path) -> Result<Dump, MemError> {
+        Self::open_as(path, Some(DumpKind::Raw))
+    }
+
+    /// Open as `kind`, or by the first bytes when `None`.
+    fn open_as(path: &Path, kind: Option<DumpKind>) -> Result<Dump, MemError> {
         let file = std::fs::File::open(path)?;
         let map = map(&file)?;
-        let (kind, regions) = if map.starts_with(b"\x7fELF") {
-            (DumpKind::ElfCore, elf_core_regions(&map)?)
+        let kind = kind.unwrap_or(if map.starts_with(b"\x7fELF") {
+            DumpKind::ElfCore
         } else {
-            (DumpKind::Raw, raw_regions(map.len() as u64))
+            DumpKind::Raw
+        });
+        let regions = match kind {
+            DumpKind::ElfCore => elf_core_regions(&map)?,
+            DumpKind::Raw => vec![Region {
+                gpa: 0,
+                len: map.len() as u64,
+                file_offset: 0,
+            }],
         };
         Ok(Dump {
             map,
             file,
             kind,
-            regions,
-        })
-    }
-
-    /// Open a raw RAM file (e.g. QEMU's `memory-backend-file`), whatever its first bytes.
-    pub fn open_raw(path: &Path) -> Result<Dump, MemError> {
-        let file = std::fs::File::open(path)?;
-        let map = map(&file)?;
-        let regions = raw_regions(map.len() as u64);
-        Ok(Dump {
-            map,
-            file,
-            kind: DumpKind::Raw,
             regions,
         })
     }
@@ -168,14 +173,6 @@ fn map(file: &std::fs::File) -> Result<memmap2::Mmap, MemError> {
     #[allow(unsafe_code)]
     let m = unsafe { memmap2::Mmap::map(file)? };
     Ok(m)
-}
-
-fn raw_regions(len: u64) -> Vec<Region> {
-    vec![Region {
-        gpa: 0,
-        len,
-        file_offset: 0,
-    }]
 }
 
 /// The RAM regions of an ELF core: its `PT_LOAD` segments, by `p_paddr`. Segments must lie

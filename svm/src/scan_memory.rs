@@ -12,7 +12,7 @@ use anyhow::Result;
 use hypervisor_api::mem::{Dump, Gpa, RamLayout};
 use scanner::{Limits, ScanResult, Scanner};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -82,11 +82,6 @@ pub fn run(opts: &MemScanOptions) -> Result<ExitCode> {
                 continue;
             }
         };
-        if let Err(e) = dump.check_size() {
-            errors += 1;
-            line(&mut out, opts.json, &name, None, Some(&e.to_string()))?;
-            continue;
-        }
         let (hits, errs, n) = pool.install(|| scan_dump(&set, &dump, &name, opts));
         bytes += n;
         for e in &errs {
@@ -148,23 +143,51 @@ fn act(opts: &MemScanOptions, name: &str, out: &mut impl Write) -> Result<()> {
         .qmp
         .as_ref()
         .context("--pause and --forensics need --qmp SOCKET")?;
+    let label = format!("svm-{}", std::process::id());
+    for (action, detail) in qmp_actions(sock, opts.pause, opts.forensics.as_deref(), &label)? {
+        report_action(out, opts.json, name, action, &detail)?;
+    }
+    Ok(())
+}
+
+/// The actions on a memory detection, through the VM's QMP socket: pause it (`stop`), then
+/// write its memory (`dump-guest-memory`) to `dump_dir/LABEL-SECONDS.core`. Returns what was
+/// done: ("pause", the status QEMU reports after it) and ("dump", the file).
+pub fn qmp_actions(
+    sock: &Path,
+    pause: bool,
+    dump_dir: Option<&Path>,
+    label: &str,
+) -> Result<Vec<(&'static str, String)>> {
+    use anyhow::Context;
     let mut q = hypervisor_api::qmp::Qmp::connect(sock, Duration::from_secs(5))
         .with_context(|| format!("QMP {}", sock.display()))?;
-    if opts.pause {
+    let mut done = Vec::new();
+    if pause {
         q.stop()?;
-        let status = q.status()?;
-        report_action(out, opts.json, name, "pause", &status)?;
+        done.push(("pause", q.status()?));
     }
-    if let Some(dir) = &opts.forensics {
+    if let Some(dir) = dump_dir {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let file = dir.join(format!("svm-{secs}-{}.core", std::process::id()));
+        let file = dir.join(format!("{label}-{secs}.core"));
         q.set_timeout(Duration::from_secs(600));
         q.dump_guest_memory(&file)?;
-        report_action(out, opts.json, name, "dump", &file.display().to_string())?;
+        done.push(("dump", file.display().to_string()));
     }
-    Ok(())
+    Ok(done)
+}
+
+/// A scanner for guest memory: RAM is scanned in large ranges, so no size limit, and a long
+/// time limit.
+pub fn memory_scanner(set: &signatures::SignatureSet) -> Scanner<'_> {
+    let mut s = Scanner::new(set);
+    s.set_limits(Limits {
+        max_file_size: u64::MAX,
+        max_scan_time: Duration::from_secs(600),
+    });
+    s
 }
 
 fn report_action(
@@ -242,14 +265,7 @@ fn scan_dump(
     let results: Vec<ChunkResult> = work
         .par_iter()
         .map_init(
-            || {
-                let mut s = Scanner::new(set);
-                s.set_limits(Limits {
-                    max_file_size: u64::MAX,
-                    max_scan_time: Duration::from_secs(600),
-                });
-                s
-            },
+            || memory_scanner(set),
             |scanner, &(gpa, b, at, own, read)| {
                 let (Ok(s), Ok(e)) = (usize::try_from(at), usize::try_from(at + read)) else {
                     return Err(format!("region {gpa:#x}: chunk beyond the address space"));

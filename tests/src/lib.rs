@@ -193,3 +193,18 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The memory tests' payload: the same bytes the test guest's `mem-test` role assembles in
+/// its memory. Built from pieces so no source file holds it whole.
+pub fn mem_payload() -> Vec<u8> {
+    [&b"svm-memory-test-"[..], b"payload-", b"0123456789abcdef"].concat()
+}
+
+/// Write `dir/mem.ndb`, a body signature (any offset) for [`mem_payload`], and return its path.
+pub fn mem_payload_ndb(dir: &std::path::Path) -> PathBuf {
+    let p = dir.join("mem.ndb");
+    let hex: String = mem_payload().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&p, format!("Test.Mem.Payload:0:*:{hex}\n"))
+        .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p
+}

@@ -173,6 +173,7 @@ fn the_agent_in_a_qemu_guest_blocks_eicar_over_virtio_serial() {
 /// A guest running the `mem-test` role with its RAM in a shared file and a QMP socket, booted
 /// until its payload is in memory, and an `.ndb` signature for that payload.
 struct MemGuest {
+    work: tempfile::TempDir,
     g: Guest,
     ram: PathBuf,
     qmp: PathBuf,
@@ -180,7 +181,13 @@ struct MemGuest {
     db: PathBuf,
 }
 
-fn mem_guest(work: &Path) -> MemGuest {
+/// `None` (with the reason printed) where QEMU is missing.
+fn mem_guest() -> Option<MemGuest> {
+    if no_qemu() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
     let img = image(work);
     let ram = work.join("ram");
     let qmp = work.join("qmp.sock");
@@ -200,33 +207,30 @@ fn mem_guest(work: &Path) -> MemGuest {
         "the guest never assembled its payload: {:?}",
         g.lines()
     );
-    // The same bytes the guest's shell assembles from three pieces.
-    let payload = [&b"svm-memory-test-"[..], b"payload-", b"0123456789abcdef"].concat();
-    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
-    let db = work.join("mem.ndb");
-    std::fs::write(&db, format!("Test.Mem.Payload:0:*:{hex}\n")).unwrap();
-    MemGuest {
+    let db = svm_tests::mem_payload_ndb(work);
+    Some(MemGuest {
+        work: dir,
         g,
         ram,
         qmp,
-        payload,
+        payload: svm_tests::mem_payload(),
         db,
-    }
+    })
 }
 
 #[test]
 fn a_payload_assembled_in_guest_memory_is_found_at_its_address_and_the_vm_paused() {
-    if no_qemu() {
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let MemGuest {
+    let Some(MemGuest {
+        work,
         g,
         ram,
         qmp,
         payload,
         db,
-    } = mem_guest(work.path());
+    }) = mem_guest()
+    else {
+        return;
+    };
     let forensics = work.path().join("forensics");
     std::fs::create_dir(&forensics).unwrap();
     // The shell may still be copying the string around: scan until it is seen (bounded).
@@ -292,17 +296,17 @@ fn a_payload_assembled_in_guest_memory_is_found_at_its_address_and_the_vm_paused
 
 #[test]
 fn svm_serve_sweeps_a_live_guest_and_pauses_it_on_a_memory_detection() {
-    if no_qemu() {
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let MemGuest {
+    let Some(MemGuest {
+        work: _work,
         g,
         ram,
         qmp,
         payload,
         db,
-    } = mem_guest(work.path());
+    }) = mem_guest()
+    else {
+        return;
+    };
     let cfg = format!(
         "[server]\nsweep_interval_ms = 500\nsweep_max_cpu = 0.5\n\
          [groups.watched]\non_memory_detect = \"pause\"\n\

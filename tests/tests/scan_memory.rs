@@ -5,18 +5,15 @@
 
 use hypervisor_api::mem::testing::elf_core;
 use std::path::Path;
-use svm_tests::{code, svm};
+use svm_tests::{code, mem_payload, mem_payload_ndb, svm};
 
-fn payload() -> Vec<u8> {
-    // Assembled at run time so this source holds no signature bytes in one piece.
-    [&b"svm-memory-test-"[..], b"payload-", b"0123456789abcdef"].concat()
-}
-
-fn sigs(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("mem.ndb");
-    let hex: String = payload().iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&p, format!("Test.Mem.Payload:0:*:{hex}\n")).unwrap();
-    p
+/// `svm scan-memory -d DB FLAGS... DUMP`.
+fn scan_memory(db: &Path, flags: &[&str], dump: &Path) -> std::process::Output {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["scan-memory".as_ref(), "-d".as_ref(), db.as_os_str()];
+    args.extend(flags.iter().map(std::ffi::OsStr::new));
+    args.push(dump.as_os_str());
+    svm(args)
 }
 
 /// Pseudo-random filler (xorshift), so no page is trivially empty.
@@ -44,8 +41,8 @@ fn gpas(stdout: &[u8]) -> Vec<u64> {
 #[test]
 fn a_payload_straddling_pages_is_found_at_its_guest_physical_address() {
     let dir = tempfile::tempdir().unwrap();
-    let db = sigs(dir.path());
-    let p = payload();
+    let db = mem_payload_ndb(dir.path());
+    let p = mem_payload();
     // Raw RAM: the payload starts 10 bytes before the end of page 5.
     let at = 6 * 4096 - 10;
     let mut ram = noise(1 << 20, 7);
@@ -53,17 +50,7 @@ fn a_payload_straddling_pages_is_found_at_its_guest_physical_address() {
     let raw = dir.path().join("ram.raw");
     std::fs::write(&raw, &ram).unwrap();
     // Small tasks and a window just long enough: the split falls inside the payload.
-    let o = svm([
-        "scan-memory".as_ref(),
-        "-d".as_ref(),
-        db.as_os_str(),
-        "--json".as_ref(),
-        "--chunk".as_ref(),
-        "4K".as_ref(),
-        "--window".as_ref(),
-        "64".as_ref(),
-        raw.as_os_str(),
-    ]);
+    let o = scan_memory(&db, &["--json", "--chunk", "4K", "--window", "64"], &raw);
     assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stdout));
     let g = gpas(&o.stdout);
     assert_eq!(g, vec![at as u64]);
@@ -78,22 +65,11 @@ fn a_payload_straddling_pages_is_found_at_its_guest_physical_address() {
     let low = noise(256 << 10, 11);
     let core = dir.path().join("guest.core");
     std::fs::write(&core, elf_core(&[(0x10_0000, high, None), (0, low, None)])).unwrap();
-    let o = svm([
-        "scan-memory".as_ref(),
-        "-d".as_ref(),
-        db.as_os_str(),
-        "--json".as_ref(),
-        core.as_os_str(),
-    ]);
+    let o = scan_memory(&db, &["--json"], &core);
     assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(gpas(&o.stdout), vec![0x10_0000 + off as u64]);
     // Text output names the dump, the signature and the address, clamscan-style.
-    let o = svm([
-        "scan-memory".as_ref(),
-        "-d".as_ref(),
-        db.as_os_str(),
-        core.as_os_str(),
-    ]);
+    let o = scan_memory(&db, &[], &core);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains(&format!("Test.Mem.Payload FOUND at {:#x}", 0x10_0000 + off)),
@@ -104,15 +80,10 @@ fn a_payload_straddling_pages_is_found_at_its_guest_physical_address() {
 #[test]
 fn clean_ram_is_ok_and_bad_dumps_are_errors_not_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let db = sigs(dir.path());
+    let db = mem_payload_ndb(dir.path());
     let clean = dir.path().join("clean.raw");
     std::fs::write(&clean, noise(256 << 10, 3)).unwrap();
-    let o = svm([
-        "scan-memory".as_ref(),
-        "-d".as_ref(),
-        db.as_os_str(),
-        clean.as_os_str(),
-    ]);
+    let o = scan_memory(&db, &[], &clean);
     assert_eq!(code(&o), 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("clean.raw: OK"));
 
@@ -136,12 +107,7 @@ fn clean_ram_is_ok_and_bad_dumps_are_errors_not_clean() {
     for (name, bytes, why) in bad {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
-        let o = svm([
-            "scan-memory".as_ref(),
-            "-d".as_ref(),
-            db.as_os_str(),
-            p.as_os_str(),
-        ]);
+        let o = scan_memory(&db, &[], &p);
         let out = String::from_utf8_lossy(&o.stdout);
         assert_eq!(code(&o), 2, "{name}: {out}");
         assert!(out.contains("ERROR") && out.contains(why), "{name}: {out}");

@@ -472,9 +472,15 @@ impl Agent {
         };
         let m = ev.mask();
         let perm = m.intersects(MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM);
+        if ev.pid() == me {
+            if perm {
+                self.answer(fan, &ev, true);
+            }
+            return;
+        }
         let file = file_of(fd);
         let id = file.as_ref().map(identity_of);
-        if m.contains(MaskFlags::FAN_CLOSE_WRITE) && ev.pid() != me {
+        if m.contains(MaskFlags::FAN_CLOSE_WRITE) {
             if let (Some(f), Some(Ok(Some((identity, size))))) = (&file, &id) {
                 self.clean.remove(identity);
                 if let Ok(f) = f.try_clone() {
@@ -484,9 +490,6 @@ impl Agent {
         }
         if !perm {
             return;
-        }
-        if ev.pid() == me {
-            return self.answer(fan, &ev, true);
         }
         let (file, identity, size) = match (file, id) {
             (Some(f), Some(Ok(Some((i, s))))) => (f, i, s),

@@ -121,7 +121,7 @@ impl Conn {
                 std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .custom_flags(libc_o_nonblock())
+                    .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
                     .open(p)
                     .with_context(|| format!("opening {}", p.display()))?
                     .into()
@@ -212,10 +212,6 @@ impl Conn {
             self.fill()?;
         }
     }
-}
-
-fn libc_o_nonblock() -> i32 {
-    nix::fcntl::OFlag::O_NONBLOCK.bits()
 }
 
 fn vsock_connect(cid: u32, port: u32, deadline: Instant) -> Result<OwnedFd> {

@@ -51,12 +51,15 @@ struct Pending {
 }
 
 /// Serve one connection bound to `vm` until it closes, breaks the protocol, or the daemon
-/// stops (then in-flight events are finished first).
+/// stops (then in-flight events are finished first). `hello_timeout`: how long the peer has
+/// to send `HELLO`; `None` where the SVM itself connected to a hypervisor's socket that is
+/// up long before the guest's agent starts (QEMU virtio-serial ports).
 pub async fn serve_conn<S>(
     shared: Arc<Shared>,
     stream: S,
     vm: String,
     via: &'static str,
+    hello_timeout: Option<Duration>,
     mut stop: watch::Receiver<bool>,
     fds: Option<super::fdpass::FdQueue>,
 ) where
@@ -68,7 +71,7 @@ pub async fn serve_conn<S>(
     let server = shared.config.load().cfg.server.clone();
     let max_payload = server.max_payload as u32;
     let frame_timeout = Duration::from_millis(server.frame_timeout_ms);
-    let hello_deadline = Instant::now() + Duration::from_millis(server.hello_timeout_ms);
+    let hello_deadline = hello_timeout.map(|t| Instant::now() + t);
     let mut buf = BytesMut::with_capacity(4096);
     let mut partial_since: Option<Instant> = None;
     let (tx, mut rx) = mpsc::channel::<ConnOut>(64);
@@ -139,9 +142,7 @@ pub async fn serve_conn<S>(
             break 'conn None;
         }
         let slow = partial_since.map(|t| t + frame_timeout);
-        // A QEMU port is connected long before the guest's agent starts: no HELLO timeout
-        // there (the socket is the hypervisor's, one per VM, not an untrusted client's).
-        let hello_wait = (ctx.is_none() && via != "vm-socket").then_some(hello_deadline);
+        let hello_wait = hello_deadline.filter(|_| ctx.is_none());
         tokio::select! {
             biased;
             Some(o) = rx.recv() => {

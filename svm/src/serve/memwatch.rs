@@ -15,7 +15,7 @@ use super::audit::{now_rfc3339, Record};
 use super::Shared;
 use crate::config::{MemoryAction, VmConfig};
 use hypervisor_api::mem::{Dump, RamLayout};
-use scanner::{Limits, ScanResult, Scanner};
+use scanner::ScanResult;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,11 +179,7 @@ fn round(
     if todo.is_empty() {
         return;
     }
-    let mut scanner = Scanner::new(&sigs.set);
-    scanner.set_limits(Limits {
-        max_file_size: u64::MAX,
-        max_scan_time: Duration::from_secs(600),
-    });
+    let mut scanner = crate::scan_memory::memory_scanner(&sigs.set);
     let window = usize::try_from(window).unwrap_or(PAGE);
     let mut at = 0;
     while let Some(&(start, _)) = todo.get(at) {
@@ -269,18 +265,14 @@ fn act(vm: &VmConfig, action: MemoryAction, dir: Option<&std::path::Path>) -> Re
         return Ok(());
     }
     let sock = vm.qmp.as_ref().ok_or("no qmp socket configured")?;
-    let mut q = hypervisor_api::qmp::Qmp::connect(sock, Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    q.stop().map_err(|e| e.to_string())?;
-    if action == MemoryAction::Dump {
-        let dir = dir.ok_or("no forensics_dir configured")?;
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let file = dir.join(format!("{}-{secs}.core", vm.name));
-        q.set_timeout(Duration::from_secs(600));
-        q.dump_guest_memory(&file).map_err(|e| e.to_string())?;
-        tracing::warn!(vm = %vm.name, "memory dumped to {}", file.display());
+    let dump_dir = match action {
+        MemoryAction::Dump => Some(dir.ok_or("no forensics_dir configured")?),
+        _ => None,
+    };
+    let done = crate::scan_memory::qmp_actions(sock, true, dump_dir, &vm.name)
+        .map_err(|e| format!("{e:#}"))?;
+    for (what, detail) in done {
+        tracing::warn!(vm = %vm.name, "memory detection: {what}: {detail}");
     }
     Ok(())
 }

@@ -330,7 +330,7 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
                         let (shared, stop, done) = (shared.clone(), stop_rx.clone(), vm_done_tx.clone());
                         tasks.spawn(async move {
                             match UnixStream::connect(&path).await {
-                                Ok(s) => conn::serve_conn(shared, s, name.clone(), "vm-socket", stop, None).await,
+                                Ok(s) => conn::serve_conn(shared, s, name.clone(), "vm-socket", None, stop, None).await,
                                 Err(e) => {
                                     if shared.guest_log.allow().is_some() {
                                         tracing::warn!(vm = %name, "connecting to {}: {e}", path.display());
@@ -429,9 +429,11 @@ impl Admit<'_> {
             }
         };
         let (shared, stop) = (self.shared.clone(), self.stop.clone());
+        // A peer that connected to us must say HELLO in time (slowloris).
+        let hello = Duration::from_millis(shared.config.load().cfg.server.hello_timeout_ms);
         tasks.spawn(async move {
             let (stream, fds) = wrap(stream);
-            conn::serve_conn(shared, stream, vm, via, stop, fds).await;
+            conn::serve_conn(shared, stream, vm, via, Some(hello), stop, fds).await;
             drop(permit);
         });
     }
