@@ -12,6 +12,7 @@
 # Roles (kernel command line `svm.role=NAME`, files in /roles/ of the image):
 #   agent-test  start svm-agent on /dev/virtio-ports/org.svm.agent over a tmpfs at /prot,
 #               open an EICAR file and a clean file, print SVM-GUEST lines, power off.
+#   idle        print "SVM-GUEST: idle" and stay up (memory sweeping benchmarks).
 #   mem-test    assemble a test payload in memory at run time (never on disk) and keep it
 #               alive for the host's memory scan.
 #   shell       (default) print a banner and power off.
@@ -194,7 +195,13 @@ while [ $i -lt 300 ]; do
     sleep 1
 done
 EOF
-chmod +x "$root/init" "$root/roles/agent-test" "$root/roles/mem-test"
+cat >"$root/roles/idle" <<'EOF'
+#!/bin/sh
+# An idle guest (benchmarks of memory sweeping): stays up until the host powers it off.
+echo "SVM-GUEST: idle"
+while :; do sleep 3600; done
+EOF
+chmod +x "$root/init" "$root/roles/agent-test" "$root/roles/mem-test" "$root/roles/idle"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initrd.gz.tmp")
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 echo "guest-image: $out/vmlinuz ($kpkg) $out/initrd.gz ($(du -h "$out/initrd.gz" | cut -f1))"

@@ -14,8 +14,9 @@
 //! ```
 //!
 //! # Current limitations
-//! - Memory sources: dump files and RAM files only (feature `dump`, module `mem`); live
-//!   QEMU (shared RAM + QMP) and Xen sources, and page events, come next.
+//! - Memory sources (module `mem`): dump files and RAM files (feature `dump`), live QEMU RAM
+//!   files with their layout from QMP (feature `qemu`), and a vmi-rs driver over them
+//!   (feature `vmi`). QEMU has no access traps: page events come from svm's sweeper.
 //! - The protocol has no authentication of its own: who a guest is comes from the transport.
 
 // Without `dump` there is no unsafe code at all; `mem` maps dump files (one SAFETY block).
@@ -26,6 +27,10 @@ pub mod mem;
 pub mod proto;
 #[cfg(feature = "qemu")]
 pub mod qmp;
+#[cfg(feature = "vmi")]
+pub mod vmi_driver;
+#[cfg(feature = "xen")]
+pub mod xen;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +62,30 @@ impl Gpa {
     pub fn gfn(self) -> Gfn {
         Gfn(self.0 >> 12)
     }
+}
+
+/// How a guest page was touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PageAccess {
+    /// Written (a write trap, e.g. Xen's memory-access events).
+    Write,
+    /// Executed (an execute trap).
+    Execute,
+    /// Its content changed since it was last seen (QEMU has no traps: the sweeper compares
+    /// page hashes).
+    Changed,
+}
+
+/// A guest page to scan: which VM, where, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PageEvent {
+    /// The VM.
+    pub vm: VmId,
+    /// The page's guest frame.
+    pub gfn: Gfn,
+    /// The access that raised the event.
+    pub access: PageAccess,
 }
 
 /// What the guest is told to do.

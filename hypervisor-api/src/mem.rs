@@ -5,10 +5,16 @@
 //!   each range as one contiguous byte slice, so a scanner can match across page boundaries
 //!   without copying.
 //!
-//! Sources here (feature `dump`): a raw RAM image (file offset = guest-physical address, e.g.
-//! QEMU's `memory-backend-file` of a guest of up to 3 GiB, or a raw dump), and the ELF core
-//! written by QEMU's `dump-guest-memory`, whose `PT_LOAD` segments carry guest-physical
-//! addresses in `p_paddr`.
+//! Sources here (feature `dump`):
+//! - [`Dump`], mapped read-only: a raw RAM image (file offset = guest-physical address, or a
+//!   layout given by the caller, e.g. from QMP), and the ELF core written by QEMU's
+//!   `dump-guest-memory`, whose `PT_LOAD` segments carry guest-physical addresses in
+//!   `p_paddr`.
+//! - [`LiveRam`]: a running QEMU guest's `memory-backend-file`, read with `pread` and never
+//!   mapped, so the host truncating the file gives an error ([`MemError::Shrunk`]), not a
+//!   SIGBUS. Its layout comes from QMP (`hypervisor_api::qmp::Qmp::ram_layout`, feature
+//!   `qemu`): guests with more RAM than fits below the PCI hole (2 GiB on q35 above 2.75 GiB,
+//!   3 GiB on pc) have the rest at 4 GiB and up.
 //!
 //! ```no_run
 //! use hypervisor_api::mem::{Dump, RamLayout, PhysRead};
@@ -21,9 +27,9 @@
 //! ```
 //!
 //! # Current limitations
-//! - No live sources yet (QEMU shared RAM with QMP, Xen); no page events.
 //! - A raw image whose guest has a RAM hole below 4 GiB must be described by the caller
-//!   (the file alone does not say where the hole is).
+//!   (the file alone does not say where the hole is): [`Dump::open_raw_with_layout`].
+//! - Page events for QEMU come from hashing pages (svm's sweeper), not from traps.
 
 use std::path::Path;
 
@@ -113,6 +119,14 @@ impl Dump {
     /// Open a raw RAM file (e.g. QEMU's `memory-backend-file`), whatever its first bytes.
     pub fn open_raw(path: &Path) -> Result<Dump, MemError> {
         Self::open_as(path, Some(DumpKind::Raw))
+    }
+
+    /// Open a raw RAM file whose guest-physical layout is known (from QMP): each region says
+    /// where its bytes are in the file. Regions must lie inside the file and not overlap.
+    pub fn open_raw_with_layout(path: &Path, layout: Vec<Region>) -> Result<Dump, MemError> {
+        let mut d = Self::open_as(path, Some(DumpKind::Raw))?;
+        d.regions = check_layout(layout, d.map.len() as u64)?;
+        Ok(d)
     }
 
     /// Open as `kind`, or by the first bytes when `None`.
@@ -230,21 +244,175 @@ pub fn elf_core_regions(data: &[u8]) -> Result<Vec<Region>, MemError> {
             file_offset: off,
         });
     }
+    sort_disjoint(&mut regions, "segments")?;
+    if regions.is_empty() {
+        return Err(bad("no PT_LOAD segment: nothing to scan".into()));
+    }
+    Ok(regions)
+}
+
+/// Sort regions by guest-physical address; overlapping ones are an error naming `what`.
+/// Every region's end must already be known not to overflow.
+fn sort_disjoint(regions: &mut [Region], what: &str) -> Result<(), MemError> {
     regions.sort_by_key(|r| r.gpa);
     for w in regions.windows(2) {
         if let [a, b] = w {
             if a.gpa + a.len > b.gpa {
-                return Err(bad(format!(
-                    "segments overlap: {:#x}+{:#x} and {:#x}+{:#x}",
+                return Err(MemError::Malformed(format!(
+                    "{what} overlap: {:#x}+{:#x} and {:#x}+{:#x}",
                     a.gpa, a.len, b.gpa, b.len
                 )));
             }
         }
     }
+    Ok(())
+}
+
+/// Check a RAM layout against a file of `file_len` bytes: every region inside the file, none
+/// overlapping another in guest-physical space; returned sorted by address.
+pub fn check_layout(mut regions: Vec<Region>, file_len: u64) -> Result<Vec<Region>, MemError> {
+    let bad = |m: String| MemError::Malformed(m);
     if regions.is_empty() {
-        return Err(bad("no PT_LOAD segment: nothing to scan".into()));
+        return Err(bad("the RAM layout has no region".into()));
     }
+    if regions.len() > MAX_SEGMENTS {
+        return Err(bad(format!("more than {MAX_SEGMENTS} RAM regions")));
+    }
+    for r in &regions {
+        let inside = r
+            .file_offset
+            .checked_add(r.len)
+            .is_some_and(|e| e <= file_len);
+        if !inside || r.len == 0 || r.gpa.checked_add(r.len).is_none() {
+            return Err(bad(format!(
+                "RAM region {:#x}+{:#x} at file offset {:#x} does not fit a {file_len}-byte file",
+                r.gpa, r.len, r.file_offset
+            )));
+        }
+    }
+    sort_disjoint(&mut regions, "RAM regions")?;
     Ok(regions)
+}
+
+/// The guest-physical address of a byte of the backing file, if some region maps it (bytes of
+/// a RAM file under a ROM or device window have none).
+pub fn gpa_of(regions: &[Region], file_offset: u64) -> Option<Gpa> {
+    regions
+        .iter()
+        .find(|r| file_offset >= r.file_offset && file_offset - r.file_offset < r.len)
+        .map(|r| r.gpa + (file_offset - r.file_offset))
+}
+
+/// The region holding `gpa..gpa+len` entirely, and the file offset of `gpa`.
+fn file_offset_of(regions: &[Region], gpa: Gpa, len: u64) -> Result<(&Region, u64), MemError> {
+    regions
+        .iter()
+        .find(|r| gpa >= r.gpa && gpa.saturating_add(len) <= r.gpa + r.len)
+        .map(|r| (r, r.file_offset + (gpa - r.gpa)))
+        .ok_or(MemError::NotRam { gpa, len })
+}
+
+/// A live guest's RAM file, read with `pread` (never mapped: the host may truncate or replace
+/// it at any moment, and a read past the end is then an error, not a SIGBUS).
+#[derive(Debug)]
+pub struct LiveRam {
+    file: std::fs::File,
+    len: u64,
+    regions: Vec<Region>,
+}
+
+impl LiveRam {
+    /// Open a RAM file. `layout` maps its bytes to guest-physical addresses; `None` means
+    /// file offset = guest-physical address (right for guests whose RAM all fits below the
+    /// PCI hole).
+    pub fn open(path: &Path, layout: Option<Vec<Region>>) -> Result<LiveRam, MemError> {
+        let file = std::fs::File::open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(MemError::Malformed("not a regular file".into()));
+        }
+        let len = meta.len();
+        if len == 0 {
+            return Err(MemError::Malformed("the file is empty".into()));
+        }
+        let regions = match layout {
+            Some(l) => check_layout(l, len)?,
+            None => vec![Region {
+                gpa: 0,
+                len,
+                file_offset: 0,
+            }],
+        };
+        Ok(LiveRam { file, len, regions })
+    }
+
+    /// The file's length when opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file was empty (never: `open` refuses empty files).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The RAM regions, sorted by guest-physical address.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    /// Fill `buf` from file offset `offset`. A file now shorter than that is
+    /// [`MemError::Shrunk`].
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            match self.file.read_at(rest, offset + done as u64) {
+                Ok(0) => {
+                    let now = self.file.metadata().map_or(0, |m| m.len());
+                    return Err(MemError::Shrunk {
+                        expected: self.len,
+                        now,
+                    });
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `path` no longer names this file at this size (the VM restarted, the file
+    /// was replaced, shrank or grew): reopen it.
+    pub fn is_stale(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(path), self.file.metadata()) {
+            (Ok(now), Ok(mine)) => {
+                now.len() != self.len || now.ino() != mine.ino() || now.dev() != mine.dev()
+            }
+            _ => true,
+        }
+    }
+
+    /// Fails when the file is now shorter than when opened.
+    pub fn check_size(&self) -> Result<(), MemError> {
+        let now = self.file.metadata()?.len();
+        if now < self.len {
+            return Err(MemError::Shrunk {
+                expected: self.len,
+                now,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl PhysRead for LiveRam {
+    fn read_phys(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemError> {
+        let (_, at) = file_offset_of(&self.regions, gpa, buf.len() as u64)?;
+        self.read_at(at, buf)
+    }
 }
 
 impl RamLayout for Dump {
@@ -274,12 +442,7 @@ impl RamLayout for Dump {
 impl PhysRead for Dump {
     fn read_phys(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemError> {
         let len = buf.len() as u64;
-        let not_ram = MemError::NotRam { gpa, len };
-        let r = self
-            .regions
-            .iter()
-            .find(|r| gpa >= r.gpa && gpa.saturating_add(len) <= r.gpa + r.len)
-            .ok_or(not_ram)?;
+        let (r, _) = file_offset_of(&self.regions, gpa, len)?;
         let bytes = self.region_bytes(r)?;
         let at = usize::try_from(gpa - r.gpa).unwrap_or(usize::MAX);
         let src = bytes
@@ -334,6 +497,16 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use crate::mem::testing::elf_core;
+
+    /// What a host does to a live RAM file under the reader.
+    fn truncate(path: &Path, len: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
 
     fn write(bytes: &[u8]) -> tempfile::NamedTempFile {
         let f = tempfile::NamedTempFile::new().unwrap();
@@ -415,15 +588,76 @@ mod tests {
     }
 
     #[test]
+    fn live_ram_reads_through_a_layout_and_survives_truncation() {
+        // A 3-page file: page 0 at GPA 0, pages 1-2 at 4 GiB (a guest with a PCI hole).
+        let mut ram = vec![0u8; 3 * 4096];
+        ram[4096..4100].copy_from_slice(b"HIGH");
+        let f = write(&ram);
+        let layout = vec![
+            Region {
+                gpa: 0x1_0000_0000,
+                len: 8192,
+                file_offset: 4096,
+            },
+            Region {
+                gpa: 0,
+                len: 4096,
+                file_offset: 0,
+            },
+        ];
+        let live = LiveRam::open(f.path(), Some(layout.clone())).unwrap();
+        assert!(!live.is_stale(f.path()));
+        assert_eq!(live.regions()[0].gpa, 0);
+        let mut b = [0u8; 4];
+        live.read_phys(0x1_0000_0000, &mut b).unwrap();
+        assert_eq!(&b, b"HIGH");
+        assert_eq!(gpa_of(live.regions(), 4096), Some(0x1_0000_0000));
+        assert_eq!(gpa_of(live.regions(), 3 * 4096), None);
+        // The hole is not RAM; neither is a read running off a region.
+        assert!(matches!(
+            live.read_phys(0x1000, &mut b),
+            Err(MemError::NotRam { .. })
+        ));
+        assert!(live.read_phys(0xffe, &mut b).is_err());
+        // The same layout over a mapped dump.
+        let d = Dump::open_raw_with_layout(f.path(), layout).unwrap();
+        d.read_phys(0x1_0000_0000, &mut b).unwrap();
+        assert_eq!(&b, b"HIGH");
+        // Layouts that do not fit the file, or overlap, are refused.
+        let past = vec![Region {
+            gpa: 0,
+            len: 8192,
+            file_offset: 8192,
+        }];
+        assert!(LiveRam::open(f.path(), Some(past)).is_err());
+        let overlap = vec![
+            Region {
+                gpa: 0,
+                len: 8192,
+                file_offset: 0,
+            },
+            Region {
+                gpa: 4096,
+                len: 4096,
+                file_offset: 8192,
+            },
+        ];
+        assert!(Dump::open_raw_with_layout(f.path(), overlap).is_err());
+        assert!(LiveRam::open(f.path(), Some(vec![])).is_err());
+        // The host truncates the file: reads past the new end are errors, never a SIGBUS.
+        truncate(f.path(), 4096);
+        let e = live.read_phys(0x1_0000_0000, &mut b).unwrap_err();
+        assert!(matches!(e, MemError::Shrunk { now: 4096, .. }), "{e}");
+        assert!(live.check_size().is_err());
+        assert!(live.is_stale(f.path()));
+        live.read_phys(0, &mut b).unwrap();
+    }
+
+    #[test]
     fn a_shrunk_ram_file_is_detected() {
         let f = write(&vec![0u8; 8192]);
         let d = Dump::open_raw(f.path()).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(f.path())
-            .unwrap()
-            .set_len(4096)
-            .unwrap();
+        truncate(f.path(), 4096);
         assert!(matches!(d.check_size(), Err(MemError::Shrunk { .. })));
     }
 }

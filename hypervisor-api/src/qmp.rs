@@ -1,5 +1,6 @@
 //! A small blocking QMP client (QEMU Machine Protocol, JSON lines over a unix socket): the
-//! capabilities handshake, `query-status`, `stop`, `cont` and `dump-guest-memory`.
+//! capabilities handshake, `query-status`, `stop`, `cont`, `dump-guest-memory`, and the RAM
+//! layout of a guest whose RAM is a `memory-backend-file` ([`Qmp::ram_layout`]).
 //!
 //! The peer is treated as untrusted input: every wait has a deadline, a line is at most
 //! [`MAX_LINE`] bytes, and anything that is not the expected JSON is an error, never a panic.
@@ -13,6 +14,7 @@
 //! }
 //! ```
 
+use crate::mem::Region;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -159,6 +161,39 @@ impl Qmp {
         .map(|_| ())
     }
 
+    /// Where the bytes of the guest's RAM file sit in guest-physical memory.
+    ///
+    /// The memory backend is the one (from `query-memdev`) of `file_len` bytes; its mappings
+    /// come from the flattened memory tree of the system address space (HMP `info mtree -f`,
+    /// through `human-monitor-command`). A q35 guest above 2.75 GiB has its first 2 GiB at 0
+    /// and the rest at 4 GiB; ROM and device windows below 1 MiB shadow some of the file.
+    pub fn ram_layout(&mut self, file_len: u64) -> Result<Vec<Region>, QmpError> {
+        let memdevs = self.execute("query-memdev", None)?;
+        let list = memdevs.as_array().ok_or_else(|| {
+            QmpError::Protocol(format!("query-memdev returned {}", short(&memdevs)))
+        })?;
+        let id = list
+            .iter()
+            .find(|m| m.get("size").and_then(Value::as_u64) == Some(file_len))
+            .and_then(|m| m.get("id").and_then(Value::as_str))
+            .ok_or_else(|| {
+                QmpError::Protocol(format!(
+                    "no memory backend of {file_len} bytes (the RAM file's size); the guest's \
+                     RAM must be a memory-backend-file (query-memdev: {})",
+                    short(&memdevs)
+                ))
+            })?
+            .to_owned();
+        let tree = self.execute(
+            "human-monitor-command",
+            Some(json!({ "command-line": "info mtree -f" })),
+        )?;
+        let text = tree
+            .as_str()
+            .ok_or_else(|| QmpError::Protocol(format!("info mtree returned {}", short(&tree))))?;
+        parse_mtree(text, &id).map_err(QmpError::Protocol)
+    }
+
     /// One JSON object, before `deadline`.
     fn read_json(&mut self, deadline: Instant) -> Result<Value, QmpError> {
         let mut buf = Vec::new();
@@ -198,6 +233,78 @@ impl Qmp {
             ))
         })
     }
+}
+
+/// The most RAM ranges [`parse_mtree`] accepts.
+const MAX_RANGES: usize = 4096;
+
+/// The guest-physical ranges of memory backend `backend` in the flattened memory tree of the
+/// system address space (`AS "memory"`), from HMP `info mtree -f` text, e.g.
+/// `  0000000100000000-000000013fffffff (prio 0, ram): mem @0000000080000000`. Adjacent
+/// ranges that continue each other are merged. The text is untrusted: every line that is not
+/// a range is skipped, and numbers are checked.
+pub fn parse_mtree(text: &str, backend: &str) -> Result<Vec<Region>, String> {
+    // The flat view's lines: from its `AS "memory"` line to the next blank line (HMP ends
+    // lines with "\r\n").
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "AS \"memory\", root: system");
+    if lines.next().is_none() {
+        return Err("info mtree -f shows no flat view of the system address space".into());
+    }
+    let mut out: Vec<Region> = Vec::new();
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let Some((range, rest)) = line.split_once(" (prio ") else {
+            continue;
+        };
+        let Some((kind, target)) = rest.split_once("): ") else {
+            continue;
+        };
+        // "0, ram" → "ram"
+        if kind.rsplit(", ").next() != Some("ram") {
+            continue;
+        }
+        let mut words = target.split_whitespace();
+        if words.next() != Some(backend) {
+            continue;
+        }
+        let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|e| format!("{line:?}: {e}"));
+        let (lo, hi) = range
+            .split_once('-')
+            .ok_or_else(|| format!("{line:?}: no range"))?;
+        let (lo, hi) = (hex(lo)?, hex(hi)?);
+        let offset = match words.next().and_then(|w| w.strip_prefix('@')) {
+            Some(o) => hex(o)?,
+            None => 0,
+        };
+        let len = hi
+            .checked_sub(lo)
+            .and_then(|l| l.checked_add(1))
+            .ok_or_else(|| format!("{line:?}: an empty or reversed range"))?;
+        if let Some(last) = out.last_mut() {
+            let continues = last.gpa.checked_add(last.len) == Some(lo)
+                && last.file_offset.checked_add(last.len) == Some(offset);
+            if let Some(merged) = last.len.checked_add(len).filter(|_| continues) {
+                last.len = merged;
+                continue;
+            }
+        }
+        if out.len() >= MAX_RANGES {
+            return Err(format!("more than {MAX_RANGES} RAM ranges"));
+        }
+        out.push(Region {
+            gpa: lo,
+            len,
+            file_offset: offset,
+        });
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "memory backend {backend:?} is not mapped in the system address space"
+        ));
+    }
+    Ok(out)
 }
 
 fn short(v: &Value) -> String {
@@ -251,6 +358,79 @@ mod tests {
         assert_eq!(q.status().unwrap(), "paused");
         let e = q.stop().unwrap_err().to_string();
         assert!(e.contains("GenericError") && e.contains("nope"), "{e}");
+    }
+
+    /// `info mtree -f` of QEMU 7.2, q35, 3 GiB in memory-backend-file `mem` (cut).
+    const MTREE: &str = "FlatView #0
+ AS \"memory\", root: system
+ AS \"cpu-memory-0\", root: system
+ Root memory region: system
+  0000000000000000-00000000000bffff (prio 0, ram): mem
+  00000000000c0000-00000000000dffff (prio 1, rom): pc.rom
+  00000000000e0000-00000000000fffff (prio 0, rom): pc.bios @0000000000020000
+  0000000000100000-000000007fffffff (prio 0, ram): mem @0000000000100000
+  00000000fec00000-00000000fec00fff (prio 0, i/o): ioapic
+  00000000fffc0000-00000000ffffffff (prio 0, rom): pc.bios
+  0000000100000000-000000013fffffff (prio 0, ram): mem @0000000080000000 KVM
+
+FlatView #1
+ AS \"cpu-smm-0\", root: memory
+ Root memory region: memory
+  0000000000000000-00000000ffffffff (prio 0, ram): mem
+
+FlatView #3
+ AS \"I/O\", root: io
+  0000000000000000-0000000000000007 (prio 0, i/o): dma-chan
+";
+
+    #[test]
+    fn the_ram_layout_comes_from_the_system_flat_view() {
+        let r = parse_mtree(MTREE, "mem").unwrap();
+        assert_eq!(
+            r,
+            vec![
+                Region {
+                    gpa: 0,
+                    len: 0xc0000,
+                    file_offset: 0
+                },
+                Region {
+                    gpa: 0x10_0000,
+                    len: 0x8000_0000 - 0x10_0000,
+                    file_offset: 0x10_0000
+                },
+                Region {
+                    gpa: 0x1_0000_0000,
+                    len: 0x4000_0000,
+                    file_offset: 0x8000_0000
+                },
+            ]
+        );
+        // Another backend, no system view, bad numbers: clear errors.
+        assert!(parse_mtree(MTREE, "other")
+            .unwrap_err()
+            .contains("not mapped"));
+        assert!(parse_mtree("FlatView #0\n", "mem").is_err());
+        let bad = MTREE.replace("0000000100000000-", "00000001000zz000-");
+        assert!(parse_mtree(&bad, "mem").is_err());
+        let rev = MTREE.replace(
+            "0000000100000000-000000013fffffff",
+            "0000000200000000-000000013fffffff",
+        );
+        assert!(parse_mtree(&rev, "mem").is_err());
+        // HMP's line ends.
+        assert_eq!(
+            parse_mtree(&MTREE.replace('\n', "\r\n"), "mem")
+                .unwrap()
+                .len(),
+            3
+        );
+        // Garbage lines are skipped.
+        let junk = MTREE.replace(
+            "Root memory region: system",
+            "Root memory region: system\n  (prio \n  ): x",
+        );
+        assert_eq!(parse_mtree(&junk, "mem").unwrap().len(), 3);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::verify::{verify, verify_anchored};
 use md5::Digest;
-use signatures::{HashTables, SignatureSet, Target};
+use signatures::{HashTables, Offset, SignatureSet, Target};
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -148,6 +148,7 @@ pub struct Scanner<'s> {
     hits: Vec<usize>,
     atom_buf: Vec<usize>,
     buf: Vec<u8>,
+    memory: bool,
 }
 
 impl std::fmt::Debug for Scanner<'_> {
@@ -175,7 +176,23 @@ impl<'s> Scanner<'s> {
             hits: Vec::new(),
             atom_buf: Vec::new(),
             buf: Vec::new(),
+            memory: false,
         }
+    }
+
+    /// A scanner for guest memory: only the signatures that mean something in RAM are used,
+    /// YARA rules and ClamAV body signatures for any target type (0) at any offset (`*`).
+    /// File hashes, typed targets (PE, ELF, Mach-O headers) and offsets counted from a file's
+    /// start or end describe files, not a window of RAM, so they are skipped. RAM is scanned in
+    /// large ranges: no size limit, and a long time limit.
+    pub fn for_memory(set: &'s SignatureSet) -> Self {
+        let mut s = Scanner::new(set);
+        s.memory = true;
+        s.limits = Limits {
+            max_file_size: u64::MAX,
+            max_scan_time: Duration::from_secs(600),
+        };
+        s
     }
 
     /// Change the limits.
@@ -201,7 +218,9 @@ impl<'s> Scanner<'s> {
         }
         let deadline = Instant::now() + self.limits.max_scan_time;
         let mut matches = Vec::new();
-        hash_matches(self.set, self.set.hashes(), data, &mut matches);
+        if !self.memory {
+            hash_matches(self.set, self.set.hashes(), data, &mut matches);
+        }
         if self.body_matches(data, deadline, &mut matches).is_err() {
             return self.timed_out();
         }
@@ -213,7 +232,7 @@ impl<'s> Scanner<'s> {
         }
         // The allow-list is consulted only for detections.
         let allow = self.set.allow_list();
-        if !allow.is_empty() {
+        if !allow.is_empty() && !self.memory {
             let mut listed = Vec::new();
             hash_matches(self.set, allow, data, &mut listed);
             if !listed.is_empty() {
@@ -308,7 +327,8 @@ impl<'s> Scanner<'s> {
         if bodies.is_empty() {
             return Ok(());
         }
-        let targets = if bodies.has_typed_targets() {
+        let memory = self.memory;
+        let targets = if bodies.has_typed_targets() && !memory {
             [
                 Target::Pe.accepts(data),
                 Target::Elf.accepts(data),
@@ -324,7 +344,9 @@ impl<'s> Scanner<'s> {
             Target::MachO => targets[2],
         };
         let sigs = bodies.sigs();
-        for &id in bodies.anchored() {
+        // Anchored signatures are pinned to offsets from a file's start or end.
+        let anchored: &[u32] = if memory { &[] } else { bodies.anchored() };
+        for &id in anchored {
             let Some(sig) = sigs.get(id as usize) else {
                 continue;
             };
@@ -401,7 +423,7 @@ impl<'s> Scanner<'s> {
             let Some(sig) = sigs.get(r.sig as usize) else {
                 continue;
             };
-            if !target_ok(sig.target) {
+            if !target_ok(sig.target) || (self.memory && sig.offset != Offset::Any) {
                 continue;
             }
             let Some(pos) = at.checked_sub(r.off as usize) else {

@@ -441,3 +441,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn memory_scanners_use_only_yara_and_untyped_floating_body_signatures() {
+    // An ELF header followed by one marker, so every kind of signature below matches the data
+    // when it is a file.
+    let mut data = b"\x7fELF\x02\x01\x01".to_vec();
+    data.resize(64, 0);
+    data.extend_from_slice(b"..memory marker..");
+    let set = set_of(&[
+        (
+            "m.ndb",
+            "Floating.Any:0:*:6d656d6f7279206d61726b6572\n\
+             Typed.Elf:6:*:6d656d6f7279206d61726b6572\n\
+             Pinned.Start:0:0:7f454c46\n\
+             Pinned.Range:0:60,20:6d656d6f7279206d61726b6572\n",
+        ),
+        (
+            "m.hdb",
+            &format!("{}:{}:File.Md5\n", md5_hex(&data), data.len()),
+        ),
+        (
+            "m.yar",
+            "rule Mem_Rule { strings: $a = \"marker\" condition: $a }\n",
+        ),
+    ]);
+    let mut file = names(&Scanner::new(&set).scan_bytes(&data));
+    file.sort();
+    assert_eq!(
+        file,
+        vec![
+            "File.Md5",
+            "Floating.Any",
+            "Mem_Rule",
+            "Pinned.Range",
+            "Pinned.Start",
+            "Typed.Elf"
+        ]
+    );
+    let mut mem = Scanner::for_memory(&set);
+    let mut got = names(&mem.scan_bytes(&data));
+    got.sort();
+    assert_eq!(got, vec!["Floating.Any", "Mem_Rule"]);
+    // No size limit for RAM ranges, and an allow-listed file hash does not hide memory hits.
+    assert_eq!(mem.limits().max_file_size, u64::MAX);
+}

@@ -44,8 +44,9 @@ struct ScanMemoryArgs {
     /// Signature file or directory (repeatable). Default: the embedded default set.
     #[arg(short = 'd', long = "database", value_name = "DB")]
     databases: Vec<PathBuf>,
-    /// The files are QEMU RAM files (`memory-backend-file`): raw, offset = guest-physical
-    /// address, whatever their first bytes.
+    /// The files are QEMU RAM files (`memory-backend-file`): raw, whatever their first bytes.
+    /// With --qmp, the guest-physical layout comes from QEMU (RAM above 4 GiB); without,
+    /// file offset = guest-physical address.
     #[arg(long)]
     qemu_ram: bool,
     /// One JSON object per detection or error, then a summary object.
@@ -64,7 +65,7 @@ struct ScanMemoryArgs {
     /// Load the valid signatures and skip malformed lines.
     #[arg(long)]
     skip_invalid: bool,
-    /// The VM's QMP socket (for --pause and --forensics).
+    /// The VM's QMP socket (for the RAM layout with --qemu-ram, --pause and --forensics).
     #[arg(long, value_name = "SOCKET")]
     qmp: Option<PathBuf>,
     /// On a detection, pause the VM through QMP.

@@ -10,7 +10,7 @@
 use crate::scan::load_set;
 use anyhow::Result;
 use hypervisor_api::mem::{Dump, Gpa, RamLayout};
-use scanner::{Limits, ScanResult, Scanner};
+use scanner::{ScanResult, Scanner};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,16 +69,11 @@ pub fn run(opts: &MemScanOptions) -> Result<ExitCode> {
     let mut out = out.lock();
     for path in &opts.paths {
         let name = path.display().to_string();
-        let dump = if opts.raw {
-            Dump::open_raw(path)
-        } else {
-            Dump::open(path)
-        };
-        let dump = match dump {
+        let dump = match dump_of(opts, path) {
             Ok(d) => d,
             Err(e) => {
                 errors += 1;
-                line(&mut out, opts.json, &name, None, Some(&e.to_string()))?;
+                line(&mut out, opts.json, &name, None, Some(&format!("{e:#}")))?;
                 continue;
             }
         };
@@ -133,6 +128,22 @@ pub fn run(opts: &MemScanOptions) -> Result<ExitCode> {
     }))
 }
 
+/// Open one dump; a QEMU RAM file with a QMP socket gets its guest-physical layout from QEMU.
+fn dump_of(opts: &MemScanOptions, path: &Path) -> Result<Dump> {
+    use anyhow::Context;
+    if !opts.raw {
+        return Ok(Dump::open(path)?);
+    }
+    let Some(sock) = &opts.qmp else {
+        return Ok(Dump::open_raw(path)?);
+    };
+    let len = std::fs::metadata(path)?.len();
+    let layout = hypervisor_api::qmp::Qmp::connect(sock, Duration::from_secs(5))
+        .and_then(|mut q| q.ram_layout(len))
+        .with_context(|| format!("RAM layout from QMP {}", sock.display()))?;
+    Ok(Dump::open_raw_with_layout(path, layout)?)
+}
+
 /// The actions on a detection: pause the VM, then dump its memory for forensics.
 fn act(opts: &MemScanOptions, name: &str, out: &mut impl Write) -> Result<()> {
     use anyhow::Context;
@@ -177,17 +188,6 @@ pub fn qmp_actions(
         done.push(("dump", file.display().to_string()));
     }
     Ok(done)
-}
-
-/// A scanner for guest memory: RAM is scanned in large ranges, so no size limit, and a long
-/// time limit.
-pub fn memory_scanner(set: &signatures::SignatureSet) -> Scanner<'_> {
-    let mut s = Scanner::new(set);
-    s.set_limits(Limits {
-        max_file_size: u64::MAX,
-        max_scan_time: Duration::from_secs(600),
-    });
-    s
 }
 
 fn report_action(
@@ -265,7 +265,7 @@ fn scan_dump(
     let results: Vec<ChunkResult> = work
         .par_iter()
         .map_init(
-            || memory_scanner(set),
+            || Scanner::for_memory(set),
             |scanner, &(gpa, b, at, own, read)| {
                 let (Ok(s), Ok(e)) = (usize::try_from(at), usize::try_from(at + read)) else {
                     return Err(format!("region {gpa:#x}: chunk beyond the address space"));

@@ -3,7 +3,9 @@
 //! a clean and an infected program, and prints what happened on its serial console, which
 //! this test reads. A second guest keeps its RAM in a shared file and assembles a payload in
 //! memory at run time; `svm scan-memory` finds it at its guest-physical address, pauses the
-//! VM through QMP and writes a forensic dump.
+//! VM through QMP and writes a forensic dump, and the test reads the bytes back through
+//! vmi-rs's `VmiCore`. A third guest (never started) has RAM above 4 GiB: its addresses come
+//! from the layout QEMU reports.
 //!
 //! Needs `qemu-system-x86_64` and the Debian packages `linux-image-amd64` and
 //! `busybox-static` (downloaded by `scripts/guest-image.sh`, cached in
@@ -218,6 +220,27 @@ fn mem_guest() -> Option<MemGuest> {
     })
 }
 
+/// `svm scan-memory -d DB --qemu-ram --json --qmp QMP EXTRA... RAM`.
+fn scan_live_ram(
+    db: &Path,
+    qmp: &Path,
+    ram: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "scan-memory".as_ref(),
+        "-d".as_ref(),
+        db.as_os_str(),
+        "--qemu-ram".as_ref(),
+        "--json".as_ref(),
+        "--qmp".as_ref(),
+        qmp.as_os_str(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(ram.as_os_str());
+    svm_tests::svm(args)
+}
+
 #[test]
 fn a_payload_assembled_in_guest_memory_is_found_at_its_address_and_the_vm_paused() {
     let Some(MemGuest {
@@ -236,19 +259,16 @@ fn a_payload_assembled_in_guest_memory_is_found_at_its_address_and_the_vm_paused
     // The shell may still be copying the string around: scan until it is seen (bounded).
     let until = Instant::now() + Duration::from_secs(60);
     let out = loop {
-        let o = svm_tests::svm([
-            "scan-memory".as_ref(),
-            "-d".as_ref(),
-            db.as_os_str(),
-            "--qemu-ram".as_ref(),
-            "--json".as_ref(),
-            "--qmp".as_ref(),
-            qmp.as_os_str(),
-            "--pause".as_ref(),
-            "--forensics".as_ref(),
-            forensics.as_os_str(),
-            ram.as_os_str(),
-        ]);
+        let o = scan_live_ram(
+            &db,
+            &qmp,
+            &ram,
+            &[
+                "--pause".as_ref(),
+                "--forensics".as_ref(),
+                forensics.as_os_str(),
+            ],
+        );
         if svm_tests::code(&o) == 1 || Instant::now() > until {
             break o;
         }
@@ -265,14 +285,21 @@ fn a_payload_assembled_in_guest_memory_is_found_at_its_address_and_the_vm_paused
         .map(|g| u64::from_str_radix(g.trim_start_matches("0x"), 16).unwrap())
         .collect();
     assert!(!gpas.is_empty(), "{text}");
-    let mem = std::fs::read(&ram).unwrap();
-    for g in &gpas {
-        let at = *g as usize;
-        assert_eq!(&mem[at..at + payload.len()], &payload[..], "at {g:#x}");
-    }
     // The pause policy: QEMU reports the VM paused.
     let mut q = hypervisor_api::qmp::Qmp::connect(&qmp, Duration::from_secs(10)).unwrap();
     assert_eq!(q.status().unwrap(), "paused", "{text}");
+    // Read them back through vmi-rs's VmiCore over this project's driver, with the layout
+    // QEMU reports: the vmi-rs ecosystem can be layered on the live guest.
+    let layout = q
+        .ram_layout(std::fs::metadata(&ram).unwrap().len())
+        .unwrap();
+    let live = hypervisor_api::mem::LiveRam::open(&ram, Some(layout)).unwrap();
+    let core = vmi::VmiCore::new(hypervisor_api::vmi_driver::QemuRamDriver::new(live, 1)).unwrap();
+    for g in &gpas {
+        let mut back = vec![0u8; payload.len()];
+        core.read(vmi::Pa(*g), &mut back).unwrap();
+        assert_eq!(back, payload, "at {g:#x}");
+    }
     // The forensic dump is an ELF core that holds the payload too.
     let dumps: Vec<PathBuf> = std::fs::read_dir(&forensics)
         .unwrap()
@@ -362,4 +389,114 @@ fn svm_serve_sweeps_a_live_guest_and_pauses_it_on_a_memory_detection() {
     assert_eq!(again, 1, "{:?}", d.audit());
     assert_eq!(q.status().unwrap(), "running");
     drop(g);
+}
+
+#[test]
+fn a_guest_with_ram_above_4_gib_is_addressed_through_its_layout_from_qmp() {
+    use hypervisor_api::mem::{LiveRam, Region};
+    use hypervisor_api::vmi_driver::QemuRamDriver;
+    use std::os::unix::fs::FileExt;
+    if no_qemu() {
+        return;
+    }
+    // A q35 guest with 2.75 GiB: its first 2 GiB are at 0, the rest at 4 GiB. It never runs
+    // (-S): the test writes the payload into its RAM file, as a guest would.
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, qmp) = (dir.path().join("ram"), dir.path().join("qmp.sock"));
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35,accel=tcg,memory-backend=mem",
+            "-m",
+            "2816M",
+        ])
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-file,id=mem,size=2816M,mem-path={},share=on",
+            ram.display()
+        ))
+        .args([
+            "-S",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-monitor",
+            "none",
+            "-qmp",
+        ])
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _vm = Guest {
+        child,
+        serial: dir.path().join("none"),
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut q = loop {
+        match hypervisor_api::qmp::Qmp::connect(&qmp, Duration::from_secs(5)) {
+            Ok(q) => break q,
+            Err(e) => assert!(Instant::now() < until, "QEMU's QMP never came up: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let len = std::fs::metadata(&ram).unwrap().len();
+    let layout = q.ram_layout(len).unwrap();
+    drop(q);
+    let high = Region {
+        gpa: 0x1_0000_0000,
+        len: 0x3000_0000,
+        file_offset: 0x8000_0000,
+    };
+    assert!(layout.contains(&high), "{layout:x?}");
+    // The payload straddles two pages of the part above 4 GiB.
+    let payload = svm_tests::mem_payload();
+    let off = 0x8000_0000 + 0x5000 - 9;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ram)
+        .unwrap()
+        .write_all_at(&payload, off)
+        .unwrap();
+    let gpa = 0x1_0000_0000 + 0x5000 - 9;
+    let db = svm_tests::mem_payload_ndb(dir.path());
+    // svm scan-memory reports the guest-physical address, not the file offset.
+    let o = scan_live_ram(&db, &qmp, &ram, &[]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(svm_tests::code(&o), 1, "{text}");
+    assert!(text.contains(&format!("\"gpa\":\"{gpa:#x}\"")), "{text}");
+    // vmi-rs's VmiCore, over this crate's driver, reads the payload at that address.
+    let live = LiveRam::open(&ram, Some(layout)).unwrap();
+    let core = vmi::VmiCore::new(QemuRamDriver::new(live, 1)).unwrap();
+    let mut back = vec![0u8; payload.len()];
+    core.read(vmi::Pa(gpa), &mut back).unwrap();
+    assert_eq!(back, payload);
+    // And the sweeper of svm serve, with the VM's QMP socket, reports the same address.
+    let cfg = format!(
+        "[server]\nsweep_interval_ms = 200\nsweep_max_cpu = 0.5\n\
+         [[vm]]\nname = \"big\"\nqemu_ram = \"{}\"\nqmp = \"{}\"\n",
+        ram.display(),
+        qmp.display()
+    );
+    let d = Daemon::start(&cfg, &["-d", db.to_str().unwrap()]);
+    let until = Instant::now() + Duration::from_secs(120);
+    let record = loop {
+        if let Some(r) = d
+            .audit()
+            .into_iter()
+            .find(|r| r.contains("\"op\":\"memory\""))
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < until,
+            "no memory detection: {:?}",
+            d.stderr
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        record.contains(&format!("\"path\":\"gpa:{gpa:#x}\"")),
+        "{record}"
+    );
 }

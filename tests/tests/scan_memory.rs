@@ -114,3 +114,86 @@ fn clean_ram_is_ok_and_bad_dumps_are_errors_not_clean() {
         assert!(!out.contains(": OK"), "{name}: {out}");
     }
 }
+
+/// Wait (bounded, generous) until `f` holds.
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sweepers_follow_reloads_and_survive_a_ram_file_that_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = mem_payload_ndb(dir.path());
+    let p = mem_payload();
+    let ram = dir.path().join("ram");
+    let mut bytes = noise(64 * 4096, 7);
+    // Straddles the boundary between pages 4 and 5.
+    let at = 5 * 4096 - 10;
+    bytes[at..at + p.len()].copy_from_slice(&p);
+    std::fs::write(&ram, &bytes).unwrap();
+    let server = "[server]\nsweep_interval_ms = 100\nsweep_max_cpu = 0.5\n";
+    let d = svm_tests::Daemon::start(server, &["-d", db.to_str().unwrap()]);
+    let memory_records = || {
+        d.audit()
+            .into_iter()
+            .filter(|r| r.contains("\"op\":\"memory\""))
+            .collect::<Vec<_>>()
+    };
+    // No VM yet. A reload adds one: its sweeper starts and finds the payload.
+    std::fs::write(
+        d.dir.path().join("svm.toml"),
+        format!(
+            "{server}[[vm]]\nname = \"hup\"\nqemu_ram = \"{}\"\n",
+            ram.display()
+        ),
+    )
+    .unwrap();
+    d.signal("HUP");
+    wait_until("a memory detection", 60, || !memory_records().is_empty());
+    let rec: serde_json::Value = serde_json::from_str(&memory_records()[0]).unwrap();
+    assert_eq!(rec["vm"], "hup");
+    assert_eq!(rec["signatures"][0], "Test.Mem.Payload");
+    assert_eq!(rec["path"], format!("gpa:{at:#x}"));
+    // The host truncates the RAM file under the sweeper: an error, no crash, and it sweeps
+    // the file again once it is back (the payload, moved, is the same incident: a repeat).
+    let errors = d.metric("svm_memory_errors_total");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ram)
+        .unwrap()
+        .set_len(8 * 4096)
+        .unwrap();
+    wait_until("the shrink to be noticed", 60, || {
+        d.metric("svm_memory_errors_total") > errors
+    });
+    let mut moved = noise(64 * 4096, 9);
+    moved[40 * 4096 + 100..40 * 4096 + 100 + p.len()].copy_from_slice(&p);
+    std::fs::write(&ram, &moved).unwrap();
+    wait_until("the moved payload", 60, || {
+        d.metric("svm_memory_repeats_total") >= 1.0
+    });
+    assert_eq!(memory_records().len(), 1, "{:?}", d.audit());
+    // A reload without the VM stops its sweeper (its thread is gone).
+    let sweeper_threads = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.trim() == "svm-mem-hup")
+            .count()
+    };
+    assert_eq!(sweeper_threads(d.child.id()), 1);
+    std::fs::write(d.dir.path().join("svm.toml"), server).unwrap();
+    d.signal("HUP");
+    wait_until("the sweeper to stop", 60, || {
+        sweeper_threads(d.child.id()) == 0
+    });
+    let mut d = d;
+    assert!(d.alive());
+}

@@ -1,11 +1,19 @@
-//! Memory introspection for QEMU guests: one sweeper thread per VM with `qemu_ram` reads the
-//! guest's RAM file (mapped read-only), hashes every 4 KiB page each round, and scans the
-//! pages that changed, with `memory_window` bytes of their neighbours so signatures across a
-//! page boundary are found. Pages whose content was already scanned with the current
-//! signature set, in any VM, are skipped (host-wide page dedup: linked clones and shared
-//! kernel pages are scanned once). A detection is audited (op `memory`, the guest-physical
-//! address as the path) and counted, then the group's `on_memory_detect` acts: alert, pause
-//! (QMP `stop`) or dump (pause, then `dump-guest-memory` into `forensics_dir`).
+//! Memory introspection for QEMU guests: one sweeper thread per VM with `qemu_ram`.
+//!
+//! - It reads the guest's RAM file with `pread`, block by block (never a mapping: a file the
+//!   host truncates is an error, not a SIGBUS). With `qmp`, the guest-physical layout comes
+//!   from QEMU, so guests with RAM above 4 GiB report true addresses.
+//! - It hashes every 4 KiB page each round and scans the pages that changed, with
+//!   `memory_window` bytes of their neighbours, so signatures across a page boundary are
+//!   found. Only the signatures that mean something in RAM are used
+//!   ([`scanner::Scanner::for_memory`]).
+//! - Pages whose content was already scanned with the current signature set, in any VM, are
+//!   skipped (host-wide page dedup: linked clones and shared kernel pages are scanned once).
+//! - A detection is audited (op `memory`, the guest-physical address as the path) and
+//!   counted, then the group's `on_memory_detect` acts: alert, pause (QMP `stop`) or dump
+//!   (pause, then `dump-guest-memory` into `forensics_dir`).
+//! - A supervisor follows configuration reloads (SIGHUP): sweepers start and stop with the
+//!   `[[vm]]` entries.
 //!
 //! A round never takes more than `sweep_max_cpu` of one CPU: after a round that took `t`,
 //! the sweeper sleeps at least `t × (1 / share − 1)`, and rounds start at most every
@@ -14,7 +22,8 @@
 use super::audit::{now_rfc3339, Record};
 use super::Shared;
 use crate::config::{MemoryAction, VmConfig};
-use hypervisor_api::mem::{Dump, RamLayout};
+use hypervisor_api::mem::{gpa_of, LiveRam};
+use hypervisor_api::qmp::Qmp;
 use scanner::ScanResult;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,23 +46,87 @@ type Reported = std::collections::HashMap<String, Instant>;
 /// How long a repeated detection stays quiet.
 pub const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(3600);
 
-/// Start a sweeper for every configured VM with a RAM file.
+/// What a sweeper is started with; a change (on SIGHUP) restarts the VM's sweeper.
+type SweepKey = (String, std::path::PathBuf, Option<std::path::PathBuf>);
+
+/// A running sweeper.
+struct Sweeper {
+    key: SweepKey,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Start the supervisor: it runs a sweeper for every configured VM with a RAM file, and
+/// follows configuration reloads (SIGHUP): VMs added get a sweeper, VMs removed or whose
+/// `qemu_ram`/`qmp` changed have theirs stopped (and restarted with the new paths).
 pub fn start(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
     let cfg = shared.config.load();
     let seen = Arc::new(PageSeen::new(cfg.cfg.server.page_dedup_entries.max(1)));
-    let mut out = Vec::new();
-    for vm in cfg.cfg.vm.iter().filter(|v| v.qemu_ram.is_some()) {
-        let name = vm.name.clone();
-        let (shared, stop, seen, vm) = (shared.clone(), stop.clone(), seen.clone(), vm.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("svm-mem-{name}"))
-            .spawn(move || sweep(&shared, &vm, &stop, &seen));
-        match h {
-            Ok(h) => out.push(h),
-            Err(e) => tracing::error!(vm = %name, "cannot start the memory sweeper: {e}"),
+    let (shared, stop) = (shared.clone(), stop.clone());
+    match std::thread::Builder::new()
+        .name("svm-mem".into())
+        .spawn(move || supervise(&shared, &stop, &seen))
+    {
+        Ok(h) => vec![h],
+        Err(e) => {
+            tracing::error!("cannot start the memory sweepers: {e}");
+            Vec::new()
         }
     }
-    out
+}
+
+fn supervise(shared: &Arc<Shared>, stop: &AtomicBool, seen: &Arc<PageSeen>) {
+    let mut running: Vec<Sweeper> = Vec::new();
+    let mut seen_config = std::ptr::null();
+    while !stop.load(Ordering::Relaxed) {
+        let cfg = shared.config.load_full();
+        if !std::ptr::eq(Arc::as_ptr(&cfg), seen_config) {
+            seen_config = Arc::as_ptr(&cfg);
+            let wanted: Vec<(SweepKey, &VmConfig)> = cfg
+                .cfg
+                .vm
+                .iter()
+                .filter_map(|v| {
+                    let ram = v.qemu_ram.clone()?;
+                    Some(((v.name.clone(), ram, v.qmp.clone()), v))
+                })
+                .collect();
+            let (keep, gone): (Vec<Sweeper>, Vec<Sweeper>) = running
+                .into_iter()
+                .partition(|s| wanted.iter().any(|(k, _)| *k == s.key));
+            for s in gone {
+                tracing::info!(vm = %s.key.0, "memory sweeper stopped (configuration changed)");
+                s.stop.store(true, Ordering::Relaxed);
+                let _ = s.thread.join();
+            }
+            running = keep;
+            for (key, vm) in wanted {
+                if running.iter().any(|s| s.key == key) {
+                    continue;
+                }
+                let own_stop = Arc::new(AtomicBool::new(false));
+                let (sh, st, sn, vm) = (shared.clone(), own_stop.clone(), seen.clone(), vm.clone());
+                match std::thread::Builder::new()
+                    .name(format!("svm-mem-{}", key.0))
+                    .spawn(move || sweep(&sh, &vm, &st, &sn))
+                {
+                    Ok(thread) => running.push(Sweeper {
+                        key,
+                        stop: own_stop,
+                        thread,
+                    }),
+                    Err(e) => tracing::error!(vm = %key.0, "cannot start the memory sweeper: {e}"),
+                }
+            }
+        }
+        nap(stop, Duration::from_millis(500));
+    }
+    for s in &running {
+        s.stop.store(true, Ordering::Relaxed);
+    }
+    for s in running {
+        let _ = s.thread.join();
+    }
 }
 
 /// Sleep up to `d`, waking early when stopping.
@@ -75,6 +148,29 @@ fn page_hash(p: &[u8]) -> u128 {
     u128::from_le_bytes(b)
 }
 
+/// Pages read and hashed at once (the file is read in blocks of this many pages).
+const BLOCK_PAGES: usize = 256;
+
+/// Open a VM's RAM file with its guest-physical layout from QMP (or, without a QMP socket,
+/// file offset = guest-physical address).
+fn open_ram(vm: &VmConfig, path: &std::path::Path) -> Result<LiveRam, String> {
+    let layout = match &vm.qmp {
+        None => None,
+        Some(sock) => {
+            let len = std::fs::metadata(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .len();
+            let mut q = Qmp::connect(sock, Duration::from_secs(5))
+                .map_err(|e| format!("RAM layout from {}: {e}", sock.display()))?;
+            Some(
+                q.ram_layout(len)
+                    .map_err(|e| format!("RAM layout from {}: {e}", sock.display()))?,
+            )
+        }
+    };
+    LiveRam::open(path, layout).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
     let Some(path) = vm.qemu_ram.clone() else {
         return;
@@ -82,30 +178,35 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
     let m = &shared.metrics;
     let mut prev: Vec<u128> = Vec::new();
     let mut reported = Reported::new();
-    let mut dump: Option<Dump> = None;
+    let mut ram: Option<LiveRam> = None;
     let mut logged_error = false;
     while !stop.load(Ordering::Relaxed) {
         let server = shared.config.load().cfg.server.clone();
         let interval = Duration::from_millis(server.sweep_interval_ms.max(10));
         let share = server.sweep_max_cpu.clamp(0.01, 1.0);
         let t0 = Instant::now();
-        // (Re)open the RAM file; a file that shrank is reopened (never read past its end).
-        if dump.as_ref().is_some_and(|d| d.check_size().is_err()) {
-            tracing::warn!(vm = %vm.name, "the RAM file {} shrank; reopening", path.display());
-            m.mem_errors.inc();
-            dump = None;
-            prev.clear();
+        // A file that shrank, grew or was replaced (the VM restarted) is reopened.
+        if let Some(r) = ram.as_ref().filter(|r| r.is_stale(&path)) {
+            if r.check_size().is_err() {
+                tracing::warn!(vm = %vm.name, "the RAM file {} shrank; reopening", path.display());
+                m.mem_errors.inc();
+            } else {
+                tracing::info!(vm = %vm.name, "the RAM file {} changed; reopening", path.display());
+            }
+            ram = None;
         }
-        if dump.is_none() {
-            match Dump::open_raw(&path) {
-                Ok(d) => {
-                    tracing::info!(vm = %vm.name, bytes = d.ram_bytes(), "sweeping {}", path.display());
-                    dump = Some(d);
+        if ram.is_none() {
+            prev.clear();
+            match open_ram(vm, &path) {
+                Ok(r) => {
+                    tracing::info!(vm = %vm.name, bytes = r.len(), regions = r.regions().len(),
+                        "sweeping {}", path.display());
+                    ram = Some(r);
                     logged_error = false;
                 }
                 Err(e) => {
                     if !logged_error {
-                        tracing::warn!(vm = %vm.name, "cannot open the RAM file {}: {e}", path.display());
+                        tracing::warn!(vm = %vm.name, "cannot sweep: {e}");
                         logged_error = true;
                     }
                     nap(stop, interval);
@@ -113,16 +214,22 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
                 }
             }
         }
-        let Some(d) = &dump else { continue };
-        round(
+        let Some(r) = &ram else { continue };
+        let window = usize::try_from(server.memory_window).unwrap_or(PAGE);
+        let mut round = Round {
             shared,
             vm,
-            d,
-            &mut prev,
+            ram: r,
             seen,
-            &mut reported,
-            server.memory_window,
-        );
+            reported: &mut reported,
+            window,
+            queued: std::collections::HashSet::new(),
+        };
+        if let Err(e) = round.run(&mut prev) {
+            tracing::warn!(vm = %vm.name, "RAM file: {e}");
+            m.mem_errors.inc();
+            ram = None;
+        }
         m.mem_rounds.inc();
         let busy = t0.elapsed();
         let rest = busy.mul_f64(1.0 / share - 1.0);
@@ -130,108 +237,147 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
     }
 }
 
-/// One round over the VM's RAM.
-fn round(
-    shared: &Shared,
-    vm: &VmConfig,
-    d: &Dump,
-    prev: &mut Vec<u128>,
-    seen: &PageSeen,
-    reported: &mut Reported,
-    window: u64,
-) {
-    let m = &shared.metrics;
-    let sigs = shared.sigs.load_full();
-    let Some(r) = d.regions().first().copied() else {
-        return;
-    };
-    let ram = match d.region_bytes(&r) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(vm = %vm.name, "RAM file: {e}");
-            m.mem_errors.inc();
-            return;
+/// One round over a VM's RAM.
+struct Round<'a> {
+    shared: &'a Shared,
+    vm: &'a VmConfig,
+    ram: &'a LiveRam,
+    seen: &'a PageSeen,
+    reported: &'a mut Reported,
+    /// Bytes of the neighbouring pages scanned with a changed run.
+    window: usize,
+    /// Content already scanned this round (zero pages, duplicated pages): scanned once.
+    queued: std::collections::HashSet<u128>,
+}
+
+impl Round<'_> {
+    /// Read the file block by block (`pread`, never a mapping: a file truncated under us is
+    /// an error, not a SIGBUS), hash every page, and scan the pages that changed since the
+    /// last round and were not scanned anywhere with this signature set.
+    fn run(&mut self, prev: &mut Vec<u128>) -> Result<(), hypervisor_api::mem::MemError> {
+        let sigs = self.shared.sigs.load_full();
+        let len = self.ram.len();
+        let pages = usize::try_from(len / PAGE as u64).unwrap_or(0);
+        let first = prev.len() != pages;
+        if first {
+            *prev = vec![0; pages];
         }
-    };
-    let pages = ram.len() / PAGE;
-    let first = prev.len() != pages;
-    if first {
-        *prev = vec![0; pages];
-    }
-    // Pages to scan: changed since the last round and not scanned anywhere with this set.
-    let mut todo: Vec<(usize, u128)> = Vec::new();
-    // Content already queued this round (zero pages, duplicated pages): scanned once.
-    let mut queued = std::collections::HashSet::new();
-    for (i, page) in ram.chunks_exact(PAGE).enumerate() {
-        let h = page_hash(page);
-        let Some(slot) = prev.get_mut(i) else { break };
-        if !first && *slot == h {
-            continue;
+        let mut scanner = scanner::Scanner::for_memory(&sigs.set);
+        let mut buf = Vec::new();
+        let mut todo: Vec<(usize, u128)> = Vec::new();
+        let mut block = 0;
+        while block < pages {
+            let end = (block + BLOCK_PAGES).min(pages);
+            // The block's pages plus `window` bytes on each side.
+            let lo = (block * PAGE).saturating_sub(self.window) as u64;
+            let hi = ((end * PAGE).saturating_add(self.window) as u64).min(len);
+            buf.resize(usize::try_from(hi - lo).unwrap_or(0), 0);
+            self.ram.read_at(lo, &mut buf)?;
+            let base = block * PAGE - lo as usize;
+            todo.clear();
+            for i in block..end {
+                let at = base + (i - block) * PAGE;
+                let Some(page) = buf.get(at..at + PAGE) else {
+                    break;
+                };
+                let h = page_hash(page);
+                let Some(slot) = prev.get_mut(i) else { break };
+                if !first && *slot == h {
+                    continue;
+                }
+                *slot = h;
+                if self.seen.get(&(h, sigs.version)).is_some() || !self.queued.insert(h) {
+                    self.shared.metrics.mem_pages_deduped.inc();
+                    continue;
+                }
+                todo.push((i, h));
+            }
+            self.scan_runs(&mut scanner, &todo, &buf, lo, sigs.version);
+            for &(_, h) in &todo {
+                self.seen.insert((h, sigs.version), ());
+            }
+            self.shared
+                .metrics
+                .mem_pages_hashed
+                .inc_by((end - block) as u64);
+            block = end;
         }
-        *slot = h;
-        if seen.get(&(h, sigs.version)).is_some() || !queued.insert(h) {
-            m.mem_pages_deduped.inc();
-            continue;
-        }
-        todo.push((i, h));
+        Ok(())
     }
-    m.mem_pages_hashed.inc_by(pages as u64);
-    if todo.is_empty() {
-        return;
-    }
-    let mut scanner = crate::scan_memory::memory_scanner(&sigs.set);
-    let window = usize::try_from(window).unwrap_or(PAGE);
-    let mut at = 0;
-    while let Some(&(start, _)) = todo.get(at) {
-        // A run of consecutive pages.
-        let mut end = start;
-        while todo.get(at + 1).is_some_and(|&(p, _)| p == end + 1) {
-            end += 1;
+
+    /// Scan each run of consecutive changed pages in `buf` (file bytes from `lo`), with the
+    /// window into its neighbours.
+    fn scan_runs(
+        &mut self,
+        scanner: &mut scanner::Scanner<'_>,
+        todo: &[(usize, u128)],
+        buf: &[u8],
+        lo: u64,
+        version: u64,
+    ) {
+        let lo = lo as usize;
+        let mut at = 0;
+        while let Some(&(start, _)) = todo.get(at) {
+            let mut end = start;
+            while todo.get(at + 1).is_some_and(|&(p, _)| p == end + 1) {
+                end += 1;
+                at += 1;
+            }
             at += 1;
-        }
-        at += 1;
-        let lo = (start * PAGE).saturating_sub(window);
-        let hi = ((end + 1) * PAGE).saturating_add(window).min(ram.len());
-        let Some(bytes) = ram.get(lo..hi) else {
-            continue;
-        };
-        m.mem_pages_scanned.inc_by((end + 1 - start) as u64);
-        match scanner.scan_bytes(bytes) {
-            ScanResult::Clean => {}
-            ScanResult::Infected { matches } => {
-                for hit in matches {
-                    let gpa = r.gpa + lo as u64 + hit.offset.unwrap_or(0);
-                    if reported
-                        .get(&hit.name)
-                        .is_some_and(|t| t.elapsed() < REPORT_AGAIN_AFTER)
-                    {
-                        shared.metrics.mem_repeats.inc();
-                        continue;
+            let from = (start * PAGE).saturating_sub(self.window).max(lo);
+            let to = ((end + 1) * PAGE).saturating_add(self.window);
+            let Some(bytes) = buf.get(from - lo..(to - lo).min(buf.len())) else {
+                continue;
+            };
+            self.shared
+                .metrics
+                .mem_pages_scanned
+                .inc_by((end + 1 - start) as u64);
+            match scanner.scan_bytes(bytes) {
+                ScanResult::Clean => {}
+                ScanResult::Infected { matches } => {
+                    for hit in matches {
+                        let offset = from as u64 + hit.offset.unwrap_or(0);
+                        self.hit(&hit.name, offset, version);
                     }
-                    if reported.len() >= 10_000 {
-                        reported.clear();
-                    }
-                    detected(shared, vm, &hit.name, gpa, sigs.version);
-                    reported.insert(hit.name, Instant::now());
+                }
+                ScanResult::Unscanned { reason } => {
+                    tracing::warn!(vm = %self.vm.name, "pages {start}..={end} not scanned: {reason}");
+                    self.shared.metrics.mem_errors.inc();
                 }
             }
-            ScanResult::Unscanned { reason } => {
-                tracing::warn!(vm = %vm.name, "pages {start}..={end} not scanned: {reason}");
-                m.mem_errors.inc();
-            }
         }
     }
-    for (_, h) in todo {
-        seen.insert((h, sigs.version), ());
+
+    /// A detection at file offset `offset`: reported and acted on once per incident.
+    fn hit(&mut self, name: &str, offset: u64, version: u64) {
+        if self
+            .reported
+            .get(name)
+            .is_some_and(|t| t.elapsed() < REPORT_AGAIN_AFTER)
+        {
+            self.shared.metrics.mem_repeats.inc();
+            return;
+        }
+        if self.reported.len() >= 10_000 {
+            self.reported.clear();
+        }
+        let place = match gpa_of(self.ram.regions(), offset) {
+            Some(gpa) => format!("gpa:{gpa:#x}"),
+            // Bytes of the RAM file shadowed by a ROM or device window.
+            None => format!("ram-offset:{offset:#x}"),
+        };
+        detected(self.shared, self.vm, name, &place, version);
+        self.reported.insert(name.to_owned(), Instant::now());
     }
 }
 
-fn detected(shared: &Shared, vm: &VmConfig, name: &str, gpa: u64, version: u64) {
+fn detected(shared: &Shared, vm: &VmConfig, name: &str, place: &str, version: u64) {
     let cfg = shared.config.load();
     let group = cfg.group_of(&vm.name);
     let action = group.cfg.on_memory_detect;
     shared.metrics.mem_detections.inc();
-    tracing::warn!(vm = %vm.name, gpa = format!("{gpa:#x}"), "memory detection: {name}");
+    tracing::warn!(vm = %vm.name, at = place, "memory detection: {name}");
     let outcome = act(vm, action, group.cfg.forensics_dir.as_deref());
     shared.audit.log(
         Record {
@@ -239,7 +385,7 @@ fn detected(shared: &Shared, vm: &VmConfig, name: &str, gpa: u64, version: u64) 
             vm: Arc::from(vm.name.as_str()),
             group: group.name.clone(),
             op: "memory",
-            path: format!("gpa:{gpa:#x}"),
+            path: place.to_owned(),
             content_hash: None,
             signatures: vec![name.to_owned()],
             sigset_version: version,
