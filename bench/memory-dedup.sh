@@ -77,6 +77,11 @@ run() {
     done
   done
   local booted=$((SECONDS - t0))
+  # Steady state: the settle window's share of the counters.
+  local s0 r0 c0
+  s0=$(metric svm_memory_pages_scanned_total)
+  r0=$(metric svm_memory_sweep_rounds_total)
+  c0=$(sweep_cpu "$svm_pid")
   sleep "$SETTLE"
   local scanned hashed deduped rounds cpu
   scanned=$(metric svm_memory_pages_scanned_total)
@@ -86,6 +91,9 @@ run() {
   cpu=$(sweep_cpu "$svm_pid")
   printf '| %d | %s | %s | %s | %s | %s | %s s | %s s |\n' \
     "$n" "$scanned" "$hashed" "$deduped" "$rounds" "$(( scanned / n ))" "$booted" "$cpu"
+  awk -v n="$n" -v s="$((scanned - s0))" -v r="$((rounds - r0))" -v c0="$c0" -v c="$cpu" \
+    -v t="$SETTLE" 'BEGIN { printf "steady %d: per guest and round %.1f pages scanned; sweepers %.1f%% of one CPU per guest\n",
+      n, s / (r > 0 ? r : 1), 100 * (c - c0) / t / n }' >>"$W/steady.txt"
   echo "$scanned" >"$dir/scanned"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -97,6 +105,7 @@ echo "guests: $MEM each, QEMU TCG, idle role; sweep 1 s rounds; measured ${SETTL
 echo
 echo "| guests | pages scanned | pages hashed | pages deduped | rounds | scanned per guest | boot of all | sweeper CPU |"
 echo "|---|---|---|---|---|---|---|---|"
+rm -f "$W/steady.txt"
 run 1
 run "$K"
 one=$(cat "$W/run-1/scanned")
@@ -104,3 +113,5 @@ many=$(cat "$W/run-$K/scanned")
 awk -v o="$one" -v m="$many" -v k="$K" 'BEGIN {
   printf "\n%d guests: %d pages scanned against %d x one guest = %d: %.1f%% of it (%.2fx fewer)\n",
     k, m, k, k * o, 100 * m / (k * o), (k * o) / m }'
+echo
+cat "$W/steady.txt"

@@ -181,18 +181,26 @@ fn sweepers_follow_reloads_and_survive_a_ram_file_that_shrinks() {
     });
     assert_eq!(memory_records().len(), 1, "{:?}", d.audit());
     // A reload without the VM stops its sweeper (its thread is gone).
-    let sweeper_threads = |pid: u32| {
+    // The sweeper's thread: its nice value (field 19 of its stat), for each such thread.
+    let sweeper_threads = |pid: u32| -> Vec<i32> {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|c| c.trim() == "svm-mem-hup")
-            .count()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                let after_comm = stat.rsplit_once(')')?.1;
+                let nice = after_comm.split_whitespace().nth(16)?.parse().ok()?;
+                (comm.trim() == "svm-mem-hup").then_some(nice)
+            })
+            .collect()
     };
-    assert_eq!(sweeper_threads(d.child.id()), 1);
+    // One sweeper, at the lowest CPU priority: file events go first.
+    assert_eq!(sweeper_threads(d.child.id()), vec![19]);
     std::fs::write(d.dir.path().join("svm.toml"), server).unwrap();
     d.signal("HUP");
     wait_until("the sweeper to stop", 60, || {
-        sweeper_threads(d.child.id()) == 0
+        sweeper_threads(d.child.id()).is_empty()
     });
     let mut d = d;
     assert!(d.alive());

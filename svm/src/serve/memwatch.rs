@@ -14,6 +14,7 @@
 //!   (pause, then `dump-guest-memory` into `forensics_dir`).
 //! - A supervisor follows configuration reloads (SIGHUP): sweepers start and stop with the
 //!   `[[vm]]` entries.
+//! - Sweeper threads run at nice 19: file events, whose guests wait on a deadline, go first.
 //!
 //! A round never takes more than `sweep_max_cpu` of one CPU: after a round that took `t`,
 //! the sweeper sleeps at least `t × (1 / share − 1)`, and rounds start at most every
@@ -175,6 +176,11 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
     let Some(path) = vm.qemu_ram.clone() else {
         return;
     };
+    // Memory sweeps yield to file events: this thread (Linux priorities are per thread) runs
+    // at the lowest CPU priority, so the scan workers answering guests' deadlines go first.
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::warn!(vm = %vm.name, "cannot lower the sweeper's priority: {e}");
+    }
     let m = &shared.metrics;
     let mut prev: Vec<u128> = Vec::new();
     let mut reported = Reported::new();
