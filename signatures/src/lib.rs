@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+pub mod bundle;
 mod error;
 mod hash;
 mod lines;

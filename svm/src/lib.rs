@@ -2,7 +2,8 @@
 //!
 //! `svm serve` ([`serve`]) is the security VM daemon; `svm check` ([`check`]) and
 //! `svm bench-storm` ([`storm`]) act as guests over the real protocol; `svm scan` ([`scan`]) is
-//! the offline, parallel corpus scan; `svm sigs info` loads a signature set and describes it.
+//! the offline, parallel corpus scan; `svm sigs info` loads a signature set and describes it,
+//! and `svm sigs keygen|build|sign|verify|inspect` ([`sigs`]) make and check signed bundles.
 //!
 //! ```no_run
 //! use svm::scan::{run, ScanOptions};
@@ -23,7 +24,8 @@
 //! ```
 //!
 //! # Current limitations
-//! - No archives, no signature bundles, no hot signature reload yet.
+//! - No archives yet. `svm serve` does not accept signed bundles yet (it reloads signature
+//!   files on SIGHUP).
 //! - The daemon takes no vsock connections yet, and does not drop privileges.
 
 #![forbid(unsafe_code)]
@@ -35,5 +37,6 @@ pub mod report;
 pub mod scan;
 pub mod scan_memory;
 pub mod serve;
+pub mod sigs;
 pub mod size;
 pub mod storm;

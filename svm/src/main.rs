@@ -217,6 +217,50 @@ enum SigsCmd {
         #[arg(long)]
         skip_invalid: bool,
     },
+    /// Create a publisher key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(short = 'o', long = "out", value_name = "PREFIX")]
+        prefix: PathBuf,
+    },
+    /// Pack the signature files of DIR into an unsigned bundle (the set must load).
+    Build {
+        /// Directory of signature files (not recursive).
+        dir: PathBuf,
+        /// The set version: higher than every bundle released before.
+        #[arg(long, value_name = "N")]
+        set_version: u64,
+        /// The bundle file to write.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a bundle with a publisher's secret key.
+    Sign {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The secret key file (from `keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where to write the signed bundle [default: over the input].
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Verify a bundle as `svm serve` would: signature, caps, digests, then load the set.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        /// A trusted public key: 64 hex digits or a .pub file (repeatable).
+        #[arg(long = "trust", value_name = "KEY", required = true)]
+        trust: Vec<String>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a bundle's manifest (not verified).
+    Inspect {
+        /// The bundle.
+        bundle: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -314,24 +358,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json: a.json,
             pass_fd: a.pass_fd,
         }),
-        Cmd::Sigs {
-            cmd:
+        Cmd::Sigs { cmd } => {
+            match cmd {
                 SigsCmd::Info {
                     databases,
                     skip_invalid,
-                },
-        } => {
-            let (set, load) = load_set(&databases, skip_invalid)?;
-            let info = serde_json::json!({
-                "sources": set.sources(),
-                "counts": set.counts(),
-                "skipped": set.skipped(),
-                "invalid_skipped": set.invalid_skipped(),
-                "digest": set.digest_hex(),
-                "load_seconds": load.as_secs_f64(),
-                "heap_bytes": set.heap_bytes(),
-            });
-            println!("{}", serde_json::to_string_pretty(&info)?);
+                } => {
+                    let (set, load) = load_set(&databases, skip_invalid)?;
+                    let info = serde_json::json!({
+                        "sources": set.sources(),
+                        "counts": set.counts(),
+                        "skipped": set.skipped(),
+                        "invalid_skipped": set.invalid_skipped(),
+                        "digest": set.digest_hex(),
+                        "load_seconds": load.as_secs_f64(),
+                        "heap_bytes": set.heap_bytes(),
+                    });
+                    println!("{}", serde_json::to_string_pretty(&info)?);
+                }
+                SigsCmd::Keygen { prefix } => svm::sigs::keygen(&prefix)?,
+                SigsCmd::Build {
+                    dir,
+                    set_version,
+                    out,
+                } => svm::sigs::build(&dir, set_version, &out)?,
+                SigsCmd::Sign { bundle, key, out } => {
+                    let out = out.unwrap_or_else(|| bundle.clone());
+                    svm::sigs::sign(&bundle, &key, &out)?
+                }
+                SigsCmd::Verify {
+                    bundle,
+                    trust,
+                    json,
+                } => svm::sigs::verify(&bundle, &trust, json)?,
+                SigsCmd::Inspect { bundle } => svm::sigs::inspect(&bundle)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

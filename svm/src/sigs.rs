@@ -1,0 +1,206 @@
+//! `svm sigs keygen | build | sign | verify | inspect`: the publisher's side of signed
+//! signature bundles ([`signatures::bundle`]).
+//!
+//! - `keygen -o PREFIX` writes `PREFIX.key` (the secret seed, hex, mode 0600, never
+//!   overwritten) and `PREFIX.pub` (the public key, hex).
+//! - `build DIR --set-version N -o FILE` packs the signature files of DIR into an unsigned
+//!   bundle, after loading them: a set that does not load is never packed.
+//! - `sign FILE --key PREFIX.key [-o OUT]` signs it (on the signing machine).
+//! - `verify FILE --trust KEY...` checks it as `svm serve` would: signature, sizes, digests,
+//!   then loads the set. Exit 0 when it would be accepted, 2 with the reason when not.
+//! - `inspect FILE` prints the manifest without trusting it.
+
+use anyhow::{bail, Context, Result};
+use signatures::bundle::{self, Keypair, Limits, PublicKey};
+use signatures::{LoadOptions, Loader, SignatureSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync,
+/// rename, fsync of the directory. A crash leaves the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .context("the output path has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// `keygen`: a new publisher key pair.
+pub fn keygen(prefix: &Path) -> Result<()> {
+    use rand::TryRngCore;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .context("the OS random source")?;
+    let key = Keypair::from_seed(seed);
+    let secret = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    for p in [&secret, &public] {
+        if p.exists() {
+            bail!("{} exists; refusing to overwrite a key", p.display());
+        }
+    }
+    write_atomic(
+        &secret,
+        format!("{}\n", hex::encode(seed)).as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &public,
+        format!("{}\n", key.public().to_hex()).as_bytes(),
+        0o644,
+    )?;
+    println!(
+        "key id {}: secret {} (keep it offline), public {}",
+        key.public().id(),
+        secret.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+/// A public key given as 64 hex digits or as a file holding them.
+pub fn read_public_key(s: &str) -> Result<PublicKey> {
+    let text = if Path::new(s).is_file() {
+        std::fs::read_to_string(s).with_context(|| format!("read {s}"))?
+    } else {
+        s.to_owned()
+    };
+    PublicKey::from_hex(&text).with_context(|| format!("public key {s}"))
+}
+
+fn read_secret_key(path: &Path) -> Result<Keypair> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .with_context(|| format!("{}: not a 64-hex-digit secret key", path.display()))?;
+    Ok(Keypair::from_seed(seed))
+}
+
+/// Load bundle files into a set (strict: a bundle that does not load is refused).
+pub fn load_files(files: &[(String, Vec<u8>)]) -> Result<SignatureSet> {
+    let mut loader = Loader::new(LoadOptions::strict());
+    for (name, data) in files {
+        loader
+            .add_bytes(name, data)
+            .with_context(|| format!("loading {name}"))?;
+    }
+    Ok(loader.build()?)
+}
+
+/// The set's counts per kind, for the manifest.
+fn counts_of(set: &SignatureSet) -> bundle::Counts {
+    let mut out = bundle::Counts::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(set.counts()) {
+        for (k, v) in m {
+            if let Some(n) = v.as_u64() {
+                out.insert(k, n);
+            }
+        }
+    }
+    out
+}
+
+/// `build`: the regular files of `dir` (not recursive) into an unsigned bundle.
+pub fn build(dir: &Path, set_version: u64, out: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let e = e?;
+        if !e.file_type()?.is_file() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        files.push((name, std::fs::read(e.path())?));
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no signature files", dir.display());
+    }
+    let set = load_files(&files)?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let b = bundle::build(&files, set_version, counts_of(&set), created)?;
+    write_atomic(out, &b, 0o644)?;
+    println!(
+        "{}: set version {set_version}, {} files, {} bytes, unsigned",
+        out.display(),
+        files.len(),
+        b.len()
+    );
+    Ok(())
+}
+
+/// `sign`.
+pub fn sign(input: &Path, key: &Path, out: &Path) -> Result<()> {
+    let key = read_secret_key(key)?;
+    let data = std::fs::read(input).with_context(|| format!("read {}", input.display()))?;
+    let signed = bundle::sign(&data, &key)?;
+    write_atomic(out, &signed, 0o644)?;
+    println!("{}: signed with key {}", out.display(), key.public().id());
+    Ok(())
+}
+
+/// `verify`: 0 when `svm serve` would accept it (given a lower current version).
+pub fn verify(input: &Path, trust: &[String], json: bool) -> Result<()> {
+    let keys = trust
+        .iter()
+        .map(|s| read_public_key(s))
+        .collect::<Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        bail!("no trusted key given (--trust HEX|FILE)");
+    }
+    let data = std::fs::read(input).with_context(|| format!("read {}", input.display()))?;
+    let v = bundle::verify(&data, &keys, &Limits::default())
+        .with_context(|| format!("{}: refused", input.display()))?;
+    let set = load_files(&v.files).with_context(|| format!("{}: refused", input.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"bundle": input, "ok": true, "set_version": v.manifest.set_version,
+                "key_id": v.manifest.key_id, "counts": set.counts(), "digest": set.digest_hex()})
+        );
+    } else {
+        println!(
+            "{}: OK: set version {}, signed by key {}, {} detection signatures",
+            input.display(),
+            v.manifest.set_version,
+            v.manifest.key_id,
+            set.counts().detection_total()
+        );
+    }
+    Ok(())
+}
+
+/// `inspect`: the manifest, unverified.
+pub fn inspect(input: &Path) -> Result<()> {
+    let data = std::fs::read(input).with_context(|| format!("read {}", input.display()))?;
+    let (m, signed) = bundle::inspect(&data)?;
+    let v = serde_json::json!({"signed": signed, "verified": false, "manifest": m});
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
