@@ -281,6 +281,35 @@ pub struct Config {
     pub groups: BTreeMap<String, GroupConfig>,
     /// `[[vm]]`.
     pub vm: Vec<VmConfig>,
+    /// `[update]`.
+    pub update: UpdateConfig,
+}
+
+/// `[update]`: signed signature bundles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Trusted publisher public keys: 64 hex digits each, or the path of a `.pub` file.
+    /// Without any, no bundle is accepted.
+    pub trusted_keys: Vec<String>,
+    /// The admin HTTP API's unix socket (`POST`/`GET /v1/signatures`); none = no admin API.
+    pub admin_socket: Option<PathBuf>,
+    /// Where the last accepted bundle is kept (`current.svmb`); a restart loads it.
+    pub state_dir: Option<PathBuf>,
+    /// The largest bundle accepted, in bytes.
+    #[serde(deserialize_with = "de_size")]
+    pub max_bundle: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            trusted_keys: Vec::new(),
+            admin_socket: None,
+            state_dir: None,
+            max_bundle: signatures::bundle::Limits::default().max_bundle,
+        }
+    }
 }
 
 /// A group with its exclusion globs compiled.

@@ -24,8 +24,7 @@
 //! ```
 //!
 //! # Current limitations
-//! - No archives yet. `svm serve` does not accept signed bundles yet (it reloads signature
-//!   files on SIGHUP).
+//! - No archives yet. `svm serve` takes signed bundles on its admin API; no pull mode yet.
 //! - The daemon takes no vsock connections yet, and does not drop privileges.
 
 #![forbid(unsafe_code)]

@@ -39,6 +39,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// The outcome of a signature update.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// accepted or refused.
+    pub result: &'static str,
+}
+
 /// Every metric of the daemon.
 #[derive(Debug)]
 pub struct Metrics {
@@ -99,6 +106,8 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     /// Bytes held by the verdict cache.
     pub cache_bytes: Gauge,
+    /// Signature bundles accepted or refused.
+    pub updates: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -138,6 +147,7 @@ impl Metrics {
             mem_pages_deduped: Counter::default(),
             mem_detections: Counter::default(),
             mem_repeats: Counter::default(),
+            updates: Family::default(),
             mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -200,6 +210,11 @@ impl Metrics {
             "audit_dropped",
             "Audit records lost because the writer fell behind or failed",
             m.audit_dropped.clone(),
+        );
+        r.register(
+            "signature_updates",
+            "Signature bundles accepted or refused",
+            m.updates.clone(),
         );
         r.register(
             "logs_suppressed",

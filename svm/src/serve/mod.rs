@@ -13,6 +13,7 @@ pub mod memwatch;
 pub mod metrics;
 pub mod pipeline;
 pub mod sched;
+pub mod update;
 
 use crate::config::{Config, Resolved, UnknownPeers};
 use anyhow::{bail, Context, Result};
@@ -50,6 +51,8 @@ pub struct Shared {
     next_session: AtomicU64,
     /// Rate limit for guest-triggered warnings.
     pub guest_log: audit::LogLimiter,
+    /// Held while a signature update is checked and swapped in.
+    pub update_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -135,7 +138,7 @@ fn load_config(opts: &ServeOptions) -> Result<Resolved> {
 
 /// The cache epoch of a set: derived from its digest, so it is the same across restarts with
 /// the same signatures and changes whenever they change.
-fn epoch_of(set: &SignatureSet) -> u64 {
+pub(crate) fn epoch_of(set: &SignatureSet) -> u64 {
     let d = set.digest();
     let mut b = [0u8; 8];
     b.copy_from_slice(d.get(..8).unwrap_or(&[0; 8]));
@@ -150,12 +153,30 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let (set, load) = crate::scan::load_set(&opts.databases, false)?;
-    let sigs = SigState {
-        epoch: epoch_of(&set),
-        set: Arc::new(set),
-        version: 1,
+    let started = std::time::Instant::now();
+    // The last accepted bundle, verified again, wins over the -d set.
+    let persisted = match update::load_persisted(&resolved.cfg.update) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("svm serve: the persisted signature bundle is not used: {e}");
+            None
+        }
+        None => None,
     };
+    let sigs = match persisted {
+        Some(l) => update::state_of(l),
+        None => {
+            let (set, _) = crate::scan::load_set(&opts.databases, false)?;
+            SigState {
+                epoch: epoch_of(&set),
+                set: Arc::new(set),
+                version: 1,
+                publisher: None,
+                loaded_at: audit::now_rfc3339(),
+            }
+        }
+    };
+    let load = started.elapsed();
     let metrics = metrics::Metrics::new();
     let (audit, audit_thread) =
         audit::start(server.audit_log.as_deref(), metrics.audit_dropped.clone())?;
@@ -174,6 +195,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         audit,
         next_session: AtomicU64::new(0),
         guest_log: audit::LogLimiter::new(20),
+        update_lock: Mutex::new(()),
     });
     let threads = pipeline::start_workers(&shared, workers)?;
     let sweep_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -202,7 +224,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
 }
 
 /// Bind the unix socket, removing a stale one (nobody listening) but never a live one.
-fn bind_unix(path: &Path) -> Result<UnixListener> {
+pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;
@@ -277,16 +299,18 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
                     }),
                 )
         };
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        });
+        spawn_http(l, app, stop_rx.clone());
         Some(addr)
     };
+    let admin = shared.config.load().cfg.update.clone();
+    if let Some(path) = update::admin_socket(&admin) {
+        let l = update::bind_admin(&path)?;
+        spawn_http(
+            l,
+            update::router(shared.clone(), admin.max_bundle),
+            stop_rx.clone(),
+        );
+    }
     let sigs = shared.sigs.load_full();
     eprintln!(
         "svm serve: ready: listen={} metrics={} vm_socket_dir={} vsock={} signatures={} version={} epoch={} load={:.2}s",
@@ -375,6 +399,21 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
     while tasks.join_next().await.is_some() {}
     eprintln!("svm serve: stopped");
     Ok(())
+}
+
+/// Serve `app` on `l` until the daemon stops.
+fn spawn_http<L>(l: L, app: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
 }
 
 /// `NAME.sock` entries of the VM socket directory with valid VM names.

@@ -29,6 +29,10 @@ pub struct SigState {
     pub version: u64,
     /// The cache epoch announced to agents.
     pub epoch: u64,
+    /// The key id of the bundle's publisher (none: signature files given with `-d`).
+    pub publisher: Option<String>,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
 }
 
 /// Verdict-cache key: content hash and signature set version.

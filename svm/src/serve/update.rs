@@ -1,0 +1,299 @@
+//! Signature updates in `svm serve`: signed bundles ([`signatures::bundle`]) pushed to the
+//! admin API (`POST /v1/signatures` on `[update] admin_socket`).
+//!
+//! A bundle is accepted only if it verifies with a key of `[update] trusted_keys` and its set
+//! version is above the one in use: an older version (rollback) or the same one (replay) is
+//! refused, unless the admin explicitly allows a downgrade (`?allow_downgrade=true`, logged
+//! and audited). The new set is compiled off the hot path (a blocking thread), written to
+//! `state_dir/current.svmb` atomically (temporary file, fsync, rename, fsync of the
+//! directory), and only then swapped in (`arc-swap`): scans in flight finish on the old set,
+//! every verdict names the version it was made with, the verdict cache is keyed by version,
+//! and the old set is freed when its last scan drops it. Every acceptance and refusal is in
+//! the audit log (`"op":"update"`).
+//!
+//! A restart loads `state_dir/current.svmb` (verified again) in place of the `-d` set.
+
+use super::audit::{now_rfc3339, Record};
+use super::pipeline::SigState;
+use super::Shared;
+use crate::config::UpdateConfig;
+use signatures::bundle::{self, Limits, PublicKey};
+use signatures::SignatureSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The persisted bundle's file name in `state_dir`.
+pub const CURRENT: &str = "current.svmb";
+
+/// Why a bundle was refused, with the HTTP status the admin API answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// What was wrong.
+    pub message: String,
+}
+
+fn refuse(status: u16, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
+/// The trusted publisher keys of the configuration.
+pub fn trusted_keys(cfg: &UpdateConfig) -> anyhow::Result<Vec<PublicKey>> {
+    cfg.trusted_keys
+        .iter()
+        .map(|k| crate::sigs::read_public_key(k))
+        .collect()
+}
+
+fn limits(cfg: &UpdateConfig) -> Limits {
+    Limits {
+        max_bundle: cfg.max_bundle,
+        ..Limits::default()
+    }
+}
+
+/// A verified, compiled bundle, ready to swap in.
+pub struct Loaded {
+    /// The set.
+    pub set: SignatureSet,
+    /// Its version.
+    pub version: u64,
+    /// The publisher's key id.
+    pub key_id: String,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("version", &self.version)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Verify and compile a bundle (no version check).
+pub fn load(bytes: &[u8], cfg: &UpdateConfig) -> Result<Loaded, Refusal> {
+    let keys = trusted_keys(cfg).map_err(|e| refuse(500, format!("trusted_keys: {e:#}")))?;
+    if keys.is_empty() {
+        return Err(refuse(
+            403,
+            "no trusted publisher keys are configured ([update] trusted_keys)",
+        ));
+    }
+    let v = bundle::verify(bytes, &keys, &limits(cfg)).map_err(|e| {
+        let status = match e {
+            bundle::BundleError::TooLarge(_) => 413,
+            bundle::BundleError::Unsigned | bundle::BundleError::BadSignature(_) => 403,
+            _ => 400,
+        };
+        refuse(status, e.to_string())
+    })?;
+    let set = crate::sigs::load_files(&v.files).map_err(|e| {
+        refuse(
+            422,
+            format!("the signatures do not load: {}", cut(&format!("{e:#}"))),
+        )
+    })?;
+    Ok(Loaded {
+        set,
+        version: v.manifest.set_version,
+        key_id: v.manifest.key_id,
+    })
+}
+
+/// At most 20 lines of a long message (a set with thousands of bad lines).
+fn cut(msg: &str) -> String {
+    let lines: Vec<&str> = msg.lines().collect();
+    if lines.len() <= 20 {
+        return msg.to_owned();
+    }
+    let head: Vec<&str> = lines.iter().take(20).copied().collect();
+    format!("{}\n… {} more lines", head.join("\n"), lines.len() - 20)
+}
+
+/// The set state for a loaded bundle.
+pub fn state_of(l: Loaded) -> SigState {
+    SigState {
+        epoch: super::epoch_of(&l.set),
+        set: Arc::new(l.set),
+        version: l.version,
+        publisher: Some(l.key_id),
+        loaded_at: now_rfc3339(),
+    }
+}
+
+/// The persisted bundle, if `state_dir` holds one; `Err` says why it cannot be used.
+pub fn load_persisted(cfg: &UpdateConfig) -> Option<Result<Loaded, String>> {
+    let path = cfg.state_dir.as_ref()?.join(CURRENT);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
+    };
+    Some(load(&bytes, cfg).map_err(|r| format!("{}: {}", path.display(), r.message)))
+}
+
+/// Accept a pushed bundle: verify, check the version, compile, persist, swap. Blocking (call
+/// from a blocking thread). Returns the new version.
+pub fn accept(
+    shared: &Shared,
+    bytes: &[u8],
+    allow_downgrade: bool,
+    source: &str,
+) -> Result<u64, Refusal> {
+    // One update at a time, so the version check and the swap cannot interleave.
+    let _one = shared
+        .update_lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cfg = shared.config.load().cfg.update.clone();
+    let current = shared.sigs.load().version;
+    let res = (|| {
+        let loaded = load(bytes, &cfg)?;
+        let v = loaded.version;
+        if v == current {
+            return Err(refuse(
+                409,
+                format!("replay: set version {v} is the version in use"),
+            ));
+        }
+        if v < current && !allow_downgrade {
+            return Err(refuse(
+                409,
+                format!(
+                    "rollback: set version {v} is older than {current} in use \
+                     (an admin may force it with allow_downgrade=true)"
+                ),
+            ));
+        }
+        if v < current {
+            tracing::warn!("signature downgrade from {current} to {v} forced by the admin");
+        }
+        if let Some(dir) = &cfg.state_dir {
+            persist(dir, bytes).map_err(|e| refuse(500, format!("cannot persist: {e:#}")))?;
+        }
+        shared.sigs.store(Arc::new(state_of(loaded)));
+        Ok(v)
+    })();
+    let (action, result, version, reason) = match &res {
+        Ok(v) if *v < current => ("downgrade", "accepted", *v, None),
+        Ok(v) => ("accept", "accepted", *v, None),
+        Err(r) => ("refuse", "refused", current, Some(r.message.clone())),
+    };
+    match &res {
+        Ok(v) => {
+            eprintln!("svm serve: signatures updated from version {current} to {v} ({source})")
+        }
+        Err(r) => eprintln!(
+            "svm serve: signature bundle refused ({source}): {}",
+            r.message
+        ),
+    }
+    shared
+        .metrics
+        .updates
+        .get_or_create(&super::metrics::ResultLabels { result })
+        .inc();
+    shared.audit.log(
+        Record {
+            time: now_rfc3339(),
+            vm: Arc::from("-"),
+            group: String::new(),
+            op: "update",
+            path: source.to_owned(),
+            content_hash: Some(blake3::hash(bytes).to_hex().to_string()),
+            signatures: Vec::new(),
+            sigset_version: version,
+            action,
+            result,
+            policy: None,
+            reason,
+            cached: false,
+            latency_ms: 0.0,
+            session: 0,
+        },
+        &shared.metrics.audit_dropped,
+    );
+    res
+}
+
+/// Write the bundle as `dir/current.svmb`, atomically.
+fn persist(dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    crate::sigs::write_atomic(&dir.join(CURRENT), bytes, 0o600)
+}
+
+/// The admin API's description of the set in use (`GET /v1/signatures`).
+pub fn describe(shared: &Shared) -> serde_json::Value {
+    let s = shared.sigs.load();
+    serde_json::json!({
+        "version": s.version,
+        "cache_epoch": s.epoch,
+        "digest": s.set.digest_hex(),
+        "counts": s.set.counts(),
+        "loaded_at": s.loaded_at,
+        "publisher": s.publisher,
+    })
+}
+
+/// Bind the admin socket (mode 0600: the admin API changes what every guest is checked
+/// against), removing a stale one.
+pub fn bind_admin(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let l = super::bind_unix(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// The admin API's routes.
+pub fn router(shared: Arc<Shared>, max_bundle: u64) -> axum::Router {
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    #[derive(serde::Deserialize)]
+    struct PostParams {
+        #[serde(default)]
+        allow_downgrade: bool,
+    }
+    async fn get(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+        axum::Json(describe(&s))
+    }
+    async fn post(
+        State(s): State<Arc<Shared>>,
+        Query(p): Query<PostParams>,
+        body: axum::body::Bytes,
+    ) -> impl IntoResponse {
+        let s2 = s.clone();
+        let r =
+            tokio::task::spawn_blocking(move || accept(&s2, &body, p.allow_downgrade, "admin-api"))
+                .await;
+        match r {
+            Ok(Ok(v)) => (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({"accepted": true, "version": v})),
+            ),
+            Ok(Err(r)) => (
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+                axum::Json(serde_json::json!({"accepted": false, "error": r.message})),
+            ),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({"accepted": false, "error": e.to_string()})),
+            ),
+        }
+    }
+    let limit = usize::try_from(max_bundle.saturating_add(1 << 20)).unwrap_or(usize::MAX);
+    axum::Router::new()
+        .route("/v1/signatures", axum::routing::get(get).post(post))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+/// The admin socket of a configuration, if the admin API is on.
+pub fn admin_socket(cfg: &UpdateConfig) -> Option<PathBuf> {
+    cfg.admin_socket.clone()
+}
