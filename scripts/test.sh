@@ -8,8 +8,8 @@ ensure_testfiles
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 # The Xen source (feature `xen`) runs only on a Xen host: here it is compile-checked, against
-# the Xen bindings shipped with libxen-sys (no Xen headers or libraries needed). Cargo.lock
-# pins prettyplease 0.2.37, the version bindgen 0.73 builds with.
+# the Xen bindings shipped with libxen-sys (no Xen headers or libraries needed). Cargo.lock keeps
+# prettyplease on the syn major that bindgen 0.73 resolves to (now 0.3 with syn 3), or bindgen fails.
 XEN_SYS_USE_BINDINGS=1 cargo clippy -p hypervisor-api --features xen --all-targets --release -- -D warnings
 # The end-to-end tests run the real binaries (svm, svm-agent): `cargo test` does not build a
 # binary for another package's tests, so build them here, never test a stale one.

@@ -299,6 +299,10 @@ pub struct UpdateConfig {
     /// The largest bundle accepted, in bytes.
     #[serde(deserialize_with = "de_size")]
     pub max_bundle: u64,
+    /// Pull mode: the URL of the current bundle on a mirror (`http://` only for now).
+    pub mirror: Option<String>,
+    /// Seconds between two fetches from the mirror.
+    pub mirror_interval_s: u64,
 }
 
 impl Default for UpdateConfig {
@@ -308,6 +312,8 @@ impl Default for UpdateConfig {
             admin_socket: None,
             state_dir: None,
             max_bundle: signatures::bundle::Limits::default().max_bundle,
+            mirror: None,
+            mirror_interval_s: 3600,
         }
     }
 }
@@ -397,6 +403,11 @@ impl Config {
                     exclude,
                 }),
             );
+        }
+        if let Some(m) = &self.update.mirror {
+            if !m.starts_with("http://") {
+                bail!("update.mirror {m:?}: only http:// mirrors are supported yet (bundles are signed; TLS is not built in)");
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for v in &self.vm {

@@ -208,3 +208,15 @@ pub fn mem_payload_ndb(dir: &std::path::Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
     p
 }
+
+/// Wait (bounded, generous: never a timing assertion) until `f` holds; panics after `secs`.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

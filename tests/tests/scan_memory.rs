@@ -5,7 +5,7 @@
 
 use hypervisor_api::mem::testing::elf_core;
 use std::path::Path;
-use svm_tests::{code, mem_payload, mem_payload_ndb, svm};
+use svm_tests::{code, mem_payload, mem_payload_ndb, svm, wait_until};
 
 /// `svm scan-memory -d DB FLAGS... DUMP`.
 fn scan_memory(db: &Path, flags: &[&str], dump: &Path) -> std::process::Output {
@@ -112,18 +112,6 @@ fn clean_ram_is_ok_and_bad_dumps_are_errors_not_clean() {
         assert_eq!(code(&o), 2, "{name}: {out}");
         assert!(out.contains("ERROR") && out.contains(why), "{name}: {out}");
         assert!(!out.contains(": OK"), "{name}: {out}");
-    }
-}
-
-/// Wait (bounded, generous) until `f` holds.
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            std::time::Instant::now() < until,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use svm_tests::{code, svm, Daemon};
+use svm_tests::{code, svm, wait_until, Daemon};
 
 /// One HTTP/1.1 request over a unix socket: (status, body).
 fn http(sock: &Path, method: &str, path: &str, body: &[u8]) -> (u16, String) {
@@ -236,4 +236,101 @@ fn bundles_are_verified_swapped_in_persisted_and_refusals_audited() {
         .lock()
         .unwrap()
         .contains("persisted signature bundle is not used"));
+}
+
+/// `python3 -m http.server` on a free loopback port, serving `dir`; killed on drop.
+struct HttpServer(std::process::Child, u16);
+
+impl HttpServer {
+    fn start(dir: &Path) -> Option<HttpServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("SKIPPED: python3 is not installed (needed for the local HTTP mirror)");
+            return None;
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "http.server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(HttpServer(child, port))
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pull_mode_fetches_new_bundles_from_a_real_http_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path();
+    let (key, public) = keygen(&d0.join("publisher"));
+    let www = d0.join("www");
+    std::fs::create_dir(&www).unwrap();
+    let Some(server) = HttpServer::start(&www) else {
+        return;
+    };
+    let admin = d0.join("admin.sock");
+    let cfg = format!(
+        "[update]\ntrusted_keys = [\"{}\"]\nadmin_socket = \"{}\"\n\
+         mirror = \"http://127.0.0.1:{}/current.svmb\"\nmirror_interval_s = 1\n",
+        public.display(),
+        admin.display(),
+        server.1
+    );
+    let v5 = bundle(d0, "v5", 5, &[("a.ndb", ONE)], &key);
+    let v6 = bundle(d0, "v6", 6, &[("a.ndb", ONE), ("b.ndb", TWO)], &key);
+    // Nothing on the mirror yet: errors, counted, and the daemon serves its own set.
+    let d = Daemon::start(&cfg, &[]);
+    wait_until("a failed fetch", 60, || {
+        d.metric("svm_mirror_errors_total") >= 1.0
+    });
+    assert_eq!(get_version(&admin), 1);
+    // Published: fetched, verified and swapped in.
+    std::fs::write(www.join("current.svmb"), &v5).unwrap();
+    wait_until("version 5", 60, || get_version(&admin) == 5);
+    assert_eq!(check(&d, d0, b"xx one-marker xx"), 1);
+    std::fs::write(www.join("current.svmb"), &v6).unwrap();
+    wait_until("version 6", 60, || get_version(&admin) == 6);
+    assert_eq!(check(&d, d0, b"xx two-marker xx"), 1);
+    // A tampered bundle on the mirror is refused and audited; version 6 keeps serving.
+    let mut bad = bundle(d0, "v7", 7, &[("a.ndb", ONE)], &key);
+    let n = bad.len() - 1;
+    bad[n] ^= 1;
+    std::fs::write(www.join("current.svmb"), &bad).unwrap();
+    wait_until("the refusal", 60, || {
+        d.audit()
+            .iter()
+            .any(|r| r.contains("\"op\":\"update\"") && r.contains("\"result\":\"refused\""))
+    });
+    assert_eq!(get_version(&admin), 6);
+    let accepted = d
+        .audit()
+        .iter()
+        .filter(|r| r.contains("\"op\":\"update\"") && r.contains("\"result\":\"accepted\""))
+        .count();
+    assert_eq!(accepted, 2, "{:?}", d.audit());
 }

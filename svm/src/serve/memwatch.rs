@@ -131,7 +131,7 @@ fn supervise(shared: &Arc<Shared>, stop: &AtomicBool, seen: &Arc<PageSeen>) {
 }
 
 /// Sleep up to `d`, waking early when stopping.
-fn nap(stop: &AtomicBool, d: Duration) {
+pub(crate) fn nap(stop: &AtomicBool, d: Duration) {
     let until = Instant::now() + d;
     while !stop.load(Ordering::Relaxed) {
         let left = until.saturating_duration_since(Instant::now());

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Signature bundles accepted or refused.
     pub updates: Family<ResultLabels, Counter>,
+    /// Failed fetches from the mirror.
+    pub mirror_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -148,6 +150,7 @@ impl Metrics {
             mem_detections: Counter::default(),
             mem_repeats: Counter::default(),
             updates: Family::default(),
+            mirror_errors: Counter::default(),
             mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -215,6 +218,11 @@ impl Metrics {
             "signature_updates",
             "Signature bundles accepted or refused",
             m.updates.clone(),
+        );
+        r.register(
+            "mirror_errors",
+            "Failed fetches of signature bundles from the mirror",
+            m.mirror_errors.clone(),
         );
         r.register(
             "logs_suppressed",

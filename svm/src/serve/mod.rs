@@ -11,6 +11,7 @@ mod conn;
 pub mod fdpass;
 pub mod memwatch;
 pub mod metrics;
+pub mod mirror;
 pub mod pipeline;
 pub mod sched;
 pub mod update;
@@ -199,7 +200,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     });
     let threads = pipeline::start_workers(&shared, workers)?;
     let sweep_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sweepers = memwatch::start(&shared, &sweep_stop);
+    let mut sweepers = memwatch::start(&shared, &sweep_stop);
+    sweepers.extend(mirror::start(&shared, &sweep_stop));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(match server.io_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
