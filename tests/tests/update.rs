@@ -176,12 +176,17 @@ fn bundles_are_verified_swapped_in_persisted_and_refusals_audited() {
         assert_eq!(get_version(&admin), 5, "{what}");
     }
     assert_eq!(check(&d, d0, b"xx one-marker xx"), 1);
-    let refused: Vec<String> = d
-        .audit()
-        .into_iter()
-        .filter(|r| r.contains("\"op\":\"update\"") && r.contains("\"result\":\"refused\""))
-        .collect();
-    assert_eq!(refused.len(), 7, "{refused:?}");
+    // The audit log is written by its own thread: wait for the records (bounded).
+    let updates = |result: &str| -> Vec<String> {
+        d.audit()
+            .into_iter()
+            .filter(|r| r.contains("\"op\":\"update\"") && r.contains(result))
+            .collect()
+    };
+    wait_until("7 audited refusals", 60, || {
+        updates("\"result\":\"refused\"").len() == 7
+    });
+    let refused = updates("\"result\":\"refused\"");
     assert!(
         refused.iter().any(|r| r.contains("rollback")),
         "{refused:?}"
@@ -195,10 +200,9 @@ fn bundles_are_verified_swapped_in_persisted_and_refusals_audited() {
     let (st, body) = http(&admin, "POST", "/v1/signatures?allow_downgrade=true", &v4);
     assert_eq!(st, 200, "{body}");
     assert_eq!(get_version(&admin), 4);
-    assert!(d
-        .audit()
-        .iter()
-        .any(|r| r.contains("\"op\":\"update\"") && r.contains("\"action\":\"downgrade\"")));
+    wait_until("the audited downgrade", 60, || {
+        !updates("\"action\":\"downgrade\"").is_empty()
+    });
     let (st, body) = http(&admin, "POST", "/v1/signatures", &v6);
     assert_eq!(st, 200, "{body}");
     assert_eq!(check(&d, d0, b"xx two-marker xx"), 1);
@@ -303,6 +307,20 @@ fn pull_mode_fetches_new_bundles_from_a_real_http_mirror() {
     );
     let v5 = bundle(d0, "v5", 5, &[("a.ndb", ONE)], &key);
     let v6 = bundle(d0, "v6", 6, &[("a.ndb", ONE), ("b.ndb", TWO)], &key);
+    // Publish as a mirror does: each file with its own modification time (HTTP dates have
+    // one-second resolution, and python's http.server sends no ETag), replaced atomically.
+    let publish = |bytes: &[u8], age_s: u64| {
+        let tmp = www.join(".current.svmb.tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        std::fs::rename(&tmp, www.join("current.svmb")).unwrap();
+    };
     // Nothing on the mirror yet: errors, counted, and the daemon serves its own set.
     let d = Daemon::start(&cfg, &[]);
     wait_until("a failed fetch", 60, || {
@@ -310,17 +328,17 @@ fn pull_mode_fetches_new_bundles_from_a_real_http_mirror() {
     });
     assert_eq!(get_version(&admin), 1);
     // Published: fetched, verified and swapped in.
-    std::fs::write(www.join("current.svmb"), &v5).unwrap();
+    publish(&v5, 300);
     wait_until("version 5", 60, || get_version(&admin) == 5);
     assert_eq!(check(&d, d0, b"xx one-marker xx"), 1);
-    std::fs::write(www.join("current.svmb"), &v6).unwrap();
+    publish(&v6, 200);
     wait_until("version 6", 60, || get_version(&admin) == 6);
     assert_eq!(check(&d, d0, b"xx two-marker xx"), 1);
     // A tampered bundle on the mirror is refused and audited; version 6 keeps serving.
     let mut bad = bundle(d0, "v7", 7, &[("a.ndb", ONE)], &key);
     let n = bad.len() - 1;
     bad[n] ^= 1;
-    std::fs::write(www.join("current.svmb"), &bad).unwrap();
+    publish(&bad, 100);
     wait_until("the refusal", 60, || {
         d.audit()
             .iter()

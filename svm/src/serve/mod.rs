@@ -313,6 +313,11 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
             stop_rx.clone(),
         );
     }
+    // Signal handlers before "ready": a SIGHUP sent as soon as the daemon says it is ready
+    // must reload, not kill it (SIGHUP's default action).
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let sigs = shared.sigs.load_full();
     eprintln!(
         "svm serve: ready: listen={} metrics={} vm_socket_dir={} vsock={} signatures={} version={} epoch={} load={:.2}s",
@@ -330,9 +335,6 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
     );
     let conns = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // VM sockets: rescanned every second.
     let (vm_done_tx, mut vm_done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut vm_connected: HashSet<String> = HashSet::new();
