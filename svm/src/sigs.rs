@@ -19,17 +19,35 @@ use std::path::{Path, PathBuf};
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename, fsync of the directory. A crash leaves the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let tmp = write_temp(path, bytes, mode)?;
+    commit_temp(&tmp, path)
+}
+
+/// The temporary files [`write_temp`] makes for `path` start with this.
+pub fn temp_prefix(path: &Path) -> String {
     let name = path
         .file_name()
-        .context("the output path has no file name")?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.tmp-")
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The first half of [`write_atomic`]: `bytes` in a new, fsynced temporary file next to
+/// `path`. Returns the temporary file.
+pub fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.file_name().is_none() {
+        bail!("{}: the output path has no file name", path.display());
+    }
+    let tmp = dir_of(path).join(format!("{}{}", temp_prefix(path), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let res = (|| -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -39,14 +57,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .with_context(|| format!("create {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
-        std::fs::File::open(&dir)?.sync_all()?;
         Ok(())
     })();
-    if res.is_err() {
+    if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    res
+    Ok(tmp)
+}
+
+/// The second half of [`write_atomic`]: rename `tmp` over `path`, then fsync the directory.
+pub fn commit_temp(tmp: &Path, path: &Path) -> Result<()> {
+    if let Err(e) = std::fs::rename(tmp, path) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e).with_context(|| format!("rename to {}", path.display()));
+    }
+    std::fs::File::open(dir_of(path))?.sync_all()?;
+    Ok(())
 }
 
 /// `keygen`: a new publisher key pair.

@@ -79,6 +79,20 @@ impl Daemon {
 
     /// Like [`Daemon::start`], listening on `socket` instead of one in its own directory.
     pub fn start_on(config: &str, extra: &[&str], socket: Option<&std::path::Path>) -> Daemon {
+        Self::start_with(config, extra, socket, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_env(config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(config, extra, None, env)
+    }
+
+    fn start_with(
+        config: &str,
+        extra: &[&str],
+        socket: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let cfg = dir.path().join("svm.toml");
@@ -93,6 +107,7 @@ impl Daemon {
             .args(["--metrics", "127.0.0.1:0", "--audit-log"])
             .arg(dir.path().join("audit.jsonl"))
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -352,3 +352,50 @@ fn pull_mode_fetches_new_bundles_from_a_real_http_mirror() {
         .count();
     assert_eq!(accepted, 2, "{:?}", d.audit());
 }
+
+#[test]
+fn a_crash_at_any_point_of_an_update_leaves_the_old_set_or_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path();
+    let (key, public) = keygen(&d0.join("publisher"));
+    let v5 = bundle(d0, "v5", 5, &[("a.ndb", ONE)], &key);
+    let v6 = bundle(d0, "v6", 6, &[("a.ndb", ONE), ("b.ndb", TWO)], &key);
+    // Where the process dies (abort, as kill -9), and the version a restart must serve.
+    for (point, expect) in [("before-rename", 5), ("after-rename", 6), ("after-swap", 6)] {
+        let admin = d0.join(format!("admin-{point}.sock"));
+        let state = d0.join(format!("state-{point}"));
+        let cfg = format!(
+            "[update]\ntrusted_keys = [\"{}\"]\nadmin_socket = \"{}\"\nstate_dir = \"{}\"\n",
+            public.display(),
+            admin.display(),
+            state.display()
+        );
+        let d = Daemon::start(&cfg, &[]);
+        assert_eq!(http(&admin, "POST", "/v1/signatures", &v5).0, 200);
+        drop(d);
+        let mut d = Daemon::start_env(&cfg, &[], &[("SVM_TEST_CRASH_AT", point)]);
+        let (status, _) = http(&admin, "POST", "/v1/signatures", &v6);
+        assert_eq!(
+            status, 0,
+            "{point}: the daemon answered instead of crashing"
+        );
+        wait_until("the crash", 60, || !d.alive());
+        drop(d);
+        // The restart serves a complete set: the old one or the new one, never none or a mix.
+        let d = Daemon::start(&cfg, &[]);
+        assert_eq!(get_version(&admin), expect, "{point}");
+        assert_eq!(check(&d, d0, b"xx one-marker xx"), 1, "{point}");
+        let two = check(&d, d0, b"xx two-marker xx");
+        assert_eq!(two, if expect == 6 { 1 } else { 0 }, "{point}");
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("current.svmb")],
+            "{point}"
+        );
+    }
+}

@@ -129,12 +129,35 @@ pub fn state_of(l: Loaded) -> SigState {
 /// The persisted bundle, if `state_dir` holds one; `Err` says why it cannot be used.
 pub fn load_persisted(cfg: &UpdateConfig) -> Option<Result<Loaded, String>> {
     let path = cfg.state_dir.as_ref()?.join(CURRENT);
+    remove_stale_temps(&path);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
     };
     Some(load(&bytes, cfg).map_err(|r| format!("{}: {}", path.display(), r.message)))
+}
+
+/// Temporary files of an update that crashed before its rename (never read: the old file
+/// is the one in force).
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), prefix) = (path.parent(), crate::sigs::temp_prefix(path)) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => eprintln!(
+                    "svm serve: removed {} left by an interrupted update",
+                    e.path().display()
+                ),
+                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
 }
 
 /// Accept a pushed bundle: verify, check the version, compile, persist, swap. Blocking (call
@@ -177,6 +200,7 @@ pub fn accept(
             persist(dir, bytes).map_err(|e| refuse(500, format!("cannot persist: {e:#}")))?;
         }
         shared.sigs.store(Arc::new(state_of(loaded)));
+        crash_point("after-swap");
         Ok(v)
     })();
     let (action, result, version, reason) = match &res {
@@ -224,7 +248,21 @@ pub fn accept(
 /// Write the bundle as `dir/current.svmb`, atomically.
 fn persist(dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    crate::sigs::write_atomic(&dir.join(CURRENT), bytes, 0o600)
+    let path = dir.join(CURRENT);
+    let tmp = crate::sigs::write_temp(&path, bytes, 0o600)?;
+    crash_point("before-rename");
+    crate::sigs::commit_temp(&tmp, &path)?;
+    crash_point("after-rename");
+    Ok(())
+}
+
+/// Tests of crash safety: `SVM_TEST_CRASH_AT=POINT` aborts the process there, as a
+/// `kill -9` would (no cleanup, no unwinding).
+fn crash_point(at: &str) {
+    if std::env::var("SVM_TEST_CRASH_AT").is_ok_and(|v| v == at) {
+        eprintln!("svm serve: SVM_TEST_CRASH_AT={at}: aborting");
+        std::process::abort();
+    }
 }
 
 /// The admin API's description of the set in use (`GET /v1/signatures`).
