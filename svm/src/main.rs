@@ -201,6 +201,16 @@ struct StormArgs {
     /// One JSON object with every repetition.
     #[arg(long)]
     json: bool,
+    /// Push this signature bundle to the daemon's admin API during the boots (repeatable, in
+    /// order): a swap under load. Needs --admin-socket.
+    #[arg(long, value_name = "BUNDLE", requires = "admin_socket")]
+    push: Vec<PathBuf>,
+    /// The admin socket of the daemon (its `[update] admin_socket`, in a config passed after --).
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+    /// Milliseconds before each push.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    push_every_ms: u64,
     /// Extra arguments for `svm serve` (after --).
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -334,6 +344,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 svm: std::env::current_exe()?,
                 serve_args: a.serve_args,
                 json: a.json,
+                push: a.push,
+                admin_socket: a.admin_socket,
+                push_every: std::time::Duration::from_millis(a.push_every_ms),
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -59,6 +59,36 @@ pub struct StormOptions {
     pub serve_args: Vec<String>,
     /// Print one JSON object at the end.
     pub json: bool,
+    /// Signature bundles to push to the daemon's admin API during the boots (swap under load).
+    pub push: Vec<PathBuf>,
+    /// The daemon's admin socket (from its `[update] admin_socket`).
+    pub admin_socket: Option<PathBuf>,
+    /// Delay before each push.
+    pub push_every: Duration,
+}
+
+/// Signature versions the guests saw in their verdicts.
+#[derive(Debug, Default)]
+struct VersionStats {
+    /// Events that got an older set version than an event sent before them on the same
+    /// connection (in the order the guest sent them: pipelined verdicts may arrive out of
+    /// order, so arrival order is not the measure).
+    regressions: AtomicU64,
+    /// The highest version seen.
+    max: AtomicU64,
+}
+
+/// What the pushes during a storm did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwapReport {
+    /// HTTP status of each push (200 = accepted).
+    pub statuses: Vec<u16>,
+    /// Milliseconds each push took (verify, compile, swap).
+    pub push_ms: Vec<f64>,
+    /// Verdicts older than an earlier verdict on their connection (must be 0).
+    pub version_regressions: u64,
+    /// The highest set version in a verdict.
+    pub max_version_seen: u64,
 }
 
 struct Sample {
@@ -301,12 +331,16 @@ pub struct Rep {
     pub paced: Vec<Phase>,
     /// Peak RSS (KiB).
     pub rss_peak_kib: u64,
+    /// Signature swaps during the boots (with --push).
+    pub swap: Option<SwapReport>,
 }
 
 struct GuestConn {
     rd: FrameReader<tokio::net::unix::OwnedReadHalf>,
     wr: tokio::net::unix::OwnedWriteHalf,
     max_inline: u64,
+    /// The set version of the last event sent on this connection (previous passes).
+    last_version: u64,
 }
 
 /// Run these guests through one pass over their files; returns latencies (µs) and bytes sent.
@@ -317,13 +351,16 @@ async fn pass(
     window: usize,
     pace: Option<Duration>,
     pass_no: u64,
+    stats: &Arc<VersionStats>,
 ) -> Result<(Vec<(u64, GuestConn)>, Vec<u32>, u64)> {
     let mut tasks = Vec::new();
     for (gi, g) in guests {
-        let files = files.clone();
+        let (files, stats) = (files.clone(), stats.clone());
         tasks.push((
             gi,
-            tokio::spawn(guest_pass(g, gi, files, linked, window, pace, pass_no)),
+            tokio::spawn(guest_pass(
+                g, gi, files, linked, window, pace, pass_no, stats,
+            )),
         ));
     }
     let mut lat = Vec::new();
@@ -354,6 +391,7 @@ fn shard(
     inline_max: u64,
     cmds: std::sync::mpsc::Receiver<Cmd>,
     results: std::sync::mpsc::Sender<Result<(Vec<u32>, u64)>>,
+    stats: Arc<VersionStats>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -381,6 +419,7 @@ fn shard(
                         rd,
                         wr,
                         max_inline: u64::from(w.max_inline).min(inline_max),
+                        last_version: w.sigset_version,
                     },
                 ))
             }));
@@ -398,7 +437,7 @@ fn shard(
         let _ = results.send(Ok((Vec::new(), 0)));
         // Between passes nothing runs, so waiting here blocks no task.
         while let Ok(Cmd::Pass { no, pace }) = cmds.recv() {
-            match pass(guests, files.clone(), linked, window, pace, no).await {
+            match pass(guests, files.clone(), linked, window, pace, no, &stats).await {
                 Ok((g, lat, bytes)) => {
                     guests = g;
                     let _ = results.send(Ok((lat, bytes)));
@@ -425,6 +464,7 @@ fn content(files: &Sample, i: usize, gi: u64, linked: bool) -> Arc<Vec<u8>> {
     Arc::new(v)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn guest_pass(
     g: GuestConn,
     gi: u64,
@@ -433,11 +473,13 @@ async fn guest_pass(
     window: usize,
     pace: Option<Duration>,
     pass_no: u64,
+    stats: Arc<VersionStats>,
 ) -> Result<(GuestConn, Vec<u32>, u64)> {
     let GuestConn {
         mut rd,
         mut wr,
         max_inline,
+        mut last_version,
     } = g;
     let n = files.data.len();
     // Each guest opens its files in its own order.
@@ -447,18 +489,25 @@ async fn guest_pass(
     ));
     let base = Instant::now();
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    // The position of each file's event in this guest's send order.
+    let seq: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let permits = Arc::new(tokio::sync::Semaphore::new(window));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let id_base = pass_no << 32;
     // Reader: READ_REQ → READ_DATA; VERDICT → latency.
     let reader = {
         let (files, sent, permits) = (files.clone(), sent.clone(), permits.clone());
+        let seq = seq.clone();
         tokio::spawn(async move {
             let mut lat = Vec::with_capacity(n);
+            let mut versions: Vec<(u64, u64)> = Vec::with_capacity(n);
             while lat.len() < n {
                 match rd.next().await? {
                     Some(Message::Verdict(v)) if v.request_id >> 32 == pass_no => {
                         let i = (v.request_id & 0xFFFF_FFFF) as usize;
+                        let at = seq.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
+                        versions.push((at, v.sigset_version));
+                        stats.max.fetch_max(v.sigset_version, Ordering::Relaxed);
                         let t0 = sent.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
                         let now = base.elapsed().as_nanos() as u64;
                         lat.push(((now.saturating_sub(t0)) / 1000).min(u64::from(u32::MAX)) as u32);
@@ -490,7 +539,16 @@ async fn guest_pass(
                     None => bail!("guest {gi}: the SVM closed the connection"),
                 }
             }
-            Ok::<_, anyhow::Error>((rd, lat))
+            // Versions only move forward in send order (swaps are atomic, and each event's
+            // set is chosen when the SVM reads it).
+            versions.sort_unstable();
+            for &(_, v) in &versions {
+                if v < last_version {
+                    stats.regressions.fetch_add(1, Ordering::Relaxed);
+                }
+                last_version = last_version.max(v);
+            }
+            Ok::<_, anyhow::Error>((rd, lat, last_version))
         })
     };
     let mut next = 0usize;
@@ -514,6 +572,9 @@ async fn guest_pass(
         }
         if let Some(a) = sent.get(fi) {
             a.store(sched_ns, Ordering::Relaxed);
+        }
+        if let Some(a) = seq.get(fi) {
+            a.store(i as u64, Ordering::Relaxed);
         }
         Message::FileEvent(FileEvent {
             request_id: id_base + fi as u64,
@@ -584,8 +645,17 @@ async fn guest_pass(
             _ = tokio::time::sleep(Duration::from_millis(20)), if next >= n => {}
         }
     }
-    let (rd, lat) = reader.await??;
-    Ok((GuestConn { rd, wr, max_inline }, lat, bytes))
+    let (rd, lat, last_version) = reader.await??;
+    Ok((
+        GuestConn {
+            rd,
+            wr,
+            max_inline,
+            last_version,
+        },
+        lat,
+        bytes,
+    ))
 }
 
 /// Run the storm and print the results.
@@ -615,6 +685,17 @@ pub fn run(o: &StormOptions) -> Result<()> {
             r.boot2.p999_ms,
             r.rss_per_guest_bytes
         );
+        if let Some(sw) = &r.swap {
+            eprintln!(
+                "rep {}: swaps under load: HTTP {:?} in {:?} ms; highest version in a verdict {}; version regressions {}; boot1 deadline fallbacks {}",
+                rep + 1,
+                sw.statuses,
+                sw.push_ms.iter().map(|m| (m * 10.0).round() / 10.0).collect::<Vec<_>>(),
+                sw.max_version_seen,
+                sw.version_regressions,
+                r.boot1_timeouts
+            );
+        }
         reps.push(r);
     }
     let summary = serde_json::json!({
@@ -730,15 +811,16 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
         }
     }
     let (res_tx, res_rx) = std::sync::mpsc::channel();
+    let stats = Arc::new(VersionStats::default());
     let mut cmd_txs = Vec::new();
     let mut threads = Vec::new();
     for part in parts {
         let (tx, rx) = std::sync::mpsc::channel();
         cmd_txs.push(tx);
-        let (files, res_tx) = (files.clone(), res_tx.clone());
+        let (files, res_tx, stats) = (files.clone(), res_tx.clone(), stats.clone());
         let (linked, window, inline_max) = (o.linked, o.window, o.inline_max);
         threads.push(std::thread::spawn(move || {
-            shard(part, files, linked, window, inline_max, rx, res_tx)
+            shard(part, files, linked, window, inline_max, rx, res_tx, stats)
         }));
     }
     let collect = |n: usize| -> Result<(Vec<u32>, u64)> {
@@ -762,6 +844,14 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
         let (lat, bytes) = collect(k)?;
         Ok(phase(lat, t.elapsed().as_secs_f64(), bytes))
     };
+    // Swaps under load: bundles pushed to the admin API while the boots run.
+    let pusher = match (&o.admin_socket, o.push.is_empty()) {
+        (Some(sock), false) => {
+            let (sock, bundles, every) = (sock.clone(), o.push.clone(), o.push_every);
+            Some(std::thread::spawn(move || push_all(&sock, &bundles, every)))
+        }
+        _ => None,
+    };
     let boot1 = run(1, None)?;
     // Events answered by a fallback at their deadline leave scans running: let them finish
     // so they are counted in boot 1, not boot 2.
@@ -778,6 +868,20 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
         paced.push(run(3 + i as u64, Some(per_guest))?);
     }
     let rss_peak = daemon.rss_kib("VmHWM:");
+    let swap = match pusher {
+        Some(h) => {
+            let pushes = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the push thread panicked"))??;
+            Some(SwapReport {
+                statuses: pushes.iter().map(|p| p.0).collect(),
+                push_ms: pushes.iter().map(|p| p.1).collect(),
+                version_regressions: stats.regressions.load(Ordering::Relaxed),
+                max_version_seen: stats.max.load(Ordering::Relaxed),
+            })
+        }
+        None => None,
+    };
     drop(cmd_txs);
     for t in threads {
         let _ = t.join();
@@ -798,5 +902,36 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
         boot2_scans,
         paced,
         rss_peak_kib: rss_peak,
+        swap,
     })
+}
+
+/// POST each bundle to the admin socket, `every` apart: (HTTP status, milliseconds).
+fn push_all(sock: &Path, bundles: &[PathBuf], every: Duration) -> Result<Vec<(u16, f64)>> {
+    use std::io::{Read, Write};
+    let mut out = Vec::new();
+    for b in bundles {
+        std::thread::sleep(every);
+        let body = std::fs::read(b).with_context(|| format!("read {}", b.display()))?;
+        let t = Instant::now();
+        let mut s = std::os::unix::net::UnixStream::connect(sock)
+            .with_context(|| format!("admin socket {}", sock.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(300)))?;
+        write!(
+            s,
+            "POST /v1/signatures HTTP/1.1\r\nHost: svm\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(&body)?;
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let status = String::from_utf8_lossy(&resp)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        out.push((status, t.elapsed().as_secs_f64() * 1e3));
+    }
+    Ok(out)
 }

@@ -399,3 +399,77 @@ fn a_crash_at_any_point_of_an_update_leaves_the_old_set_or_the_new_one() {
         );
     }
 }
+
+#[test]
+fn swaps_under_a_storm_lose_no_event_and_versions_only_move_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path();
+    let (key, public) = keygen(&d0.join("publisher"));
+    let pushes: Vec<PathBuf> = (5..=7)
+        .map(|v| {
+            let b = bundle(d0, &format!("v{v}"), v, &[("a.ndb", ONE)], &key);
+            let p = d0.join(format!("push-{v}.svmb"));
+            std::fs::write(&p, b).unwrap();
+            p
+        })
+        .collect();
+    let files = d0.join("files");
+    std::fs::create_dir(&files).unwrap();
+    for i in 0..500 {
+        std::fs::write(files.join(format!("f{i}")), format!("file {i} ").repeat(20)).unwrap();
+    }
+    let admin = d0.join("admin.sock");
+    let cfg = d0.join("svm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[update]\ntrusted_keys = [\"{}\"]\nadmin_socket = \"{}\"\n",
+            public.display(),
+            admin.display()
+        ),
+    )
+    .unwrap();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "bench-storm".as_ref(),
+        "--guests".as_ref(),
+        "16".as_ref(),
+        "--files".as_ref(),
+        "500".as_ref(),
+        "--from".as_ref(),
+        files.as_os_str(),
+        "--mode".as_ref(),
+        "unique".as_ref(),
+        "--reps".as_ref(),
+        "1".as_ref(),
+        "--json".as_ref(),
+        "--admin-socket".as_ref(),
+        admin.as_os_str(),
+        "--push-every-ms".as_ref(),
+        "20".as_ref(),
+    ];
+    for p in &pushes {
+        args.push("--push".as_ref());
+        args.push(p.as_os_str());
+    }
+    args.push("--".as_ref());
+    args.push("--config".as_ref());
+    args.push(cfg.as_os_str());
+    let o = svm(args);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(code(&o), 0, "{text}{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rep = &v["reps"][0];
+    let events = v["events_per_boot"].as_u64().unwrap();
+    assert_eq!(events, 16 * 500);
+    // No event failed: every one got its verdict, in both boots.
+    assert_eq!(rep["boot1"]["verdicts"].as_u64(), Some(events), "{text}");
+    assert_eq!(rep["boot2"]["verdicts"].as_u64(), Some(events), "{text}");
+    let swap = &rep["swap"];
+    assert_eq!(
+        swap["statuses"],
+        serde_json::json!([200, 200, 200]),
+        "{text}"
+    );
+    assert_eq!(swap["version_regressions"], 0, "{text}");
+    assert!(swap["max_version_seen"].as_u64().unwrap() >= 5, "{text}");
+}

@@ -348,6 +348,9 @@ fn handle(
                 (None, None)
             };
             pending.insert(id, Pending { reads: reads_tx });
+            // The set is chosen here, in the order the guest sent its events, not when the
+            // task first runs: an event sent after another never gets an older set.
+            let sigs = c.shared.sigs.load_full();
             tokio::spawn(run_event(
                 c.clone(),
                 ev,
@@ -356,6 +359,7 @@ fn handle(
                 fd,
                 start,
                 deadline,
+                sigs,
             ));
             Ok(())
         }

@@ -364,7 +364,9 @@ fn finish(
 }
 
 /// Run one event to its end: the verdict (or a fallback at the deadline), then the rest of
-/// the work so the cache is filled, then `Done`.
+/// the work so the cache is filled, then `Done`. `sigs` is the set chosen when the event was
+/// read (in the guest's order); a swap during the event does not change it.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_event(
     ctx: EventCtx,
     mut ev: FileEvent,
@@ -373,8 +375,8 @@ pub async fn run_event(
     fd: Option<std::fs::File>,
     start: Instant,
     deadline: Instant,
+    sigs: Arc<SigState>,
 ) {
-    let sigs = ctx.shared.sigs.load_full();
     // The content moves into the pipeline; `ev` keeps the metadata.
     let content = std::mem::replace(&mut ev.content, Content::Read);
     let work = obtain(&ctx, &ev, content, fd, &group, &sigs, reads);
