@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Signature updates at 100,000 signatures (80k SHA-256 hashes + 20k body signatures, cut from
+# the scale set of ../shared/bench/gen_scale.py): svm's bundle verify + compile time, the time
+# and memory of a hot swap in `svm serve` (verdict cache empty), against clamd's RELOAD of the
+# same signatures in ClamAV format (time to "Database correctly reloaded", RSS during it).
+# Medians of REPS.
+#   ANCHORS=/var/tmp/bench-work bench/update.sh
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+SHARED=${SHARED_BENCH:-$REPO/../shared/bench}
+A=${ANCHORS:-/var/tmp/bench-work}
+REPS=${REPS:-3}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/svm-target}
+SVM="$CARGO_TARGET_DIR/release/svm"
+W=${WORK:-/var/tmp/bench-update}
+[ -f "$A/scale-db/scale.hsb" ] || python3 "$SHARED/gen_scale.py" "$A/scale-db"
+[ -x "$SVM" ] || { echo "build first: cargo build --release --workspace" >&2; exit 1; }
+command -v clamd >/dev/null || { echo "needs clamd (apt-get install clamav-daemon)" >&2; exit 1; }
+rm -rf "$W" && mkdir -p "$W"/{v2,v3,clamdb,state}
+head -n 80000 "$A/scale-db/scale.hsb" > "$W/v2/scale.hsb"
+head -n 20000 "$A/scale-db/scale.ndb" > "$W/v2/scale.ndb"
+cp "$W"/v2/* "$W/v3/" && echo "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Bench.Extra" >> "$W/v3/scale.hsb"
+cp "$W"/v2/* "$W/clamdb/"
+"$SVM" sigs keygen -o "$W/pub" >/dev/null
+for v in 2 3; do
+  "$SVM" sigs build "$W/v$v" --set-version "$v" -o "$W/v$v.svmb" >/dev/null
+  "$SVM" sigs sign "$W/v$v.svmb" --key "$W/pub.key" >/dev/null
+done
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+now() { date +%s.%N; }
+echo "machine: $(nproc) cores, $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'), kernel $(uname -r)"
+echo "set: 80,000 SHA-256 + 20,000 body signatures; bundle $(stat -c %s "$W/v2.svmb") bytes"
+
+# 1. verify + compile (what the daemon does before a swap), offline.
+t=()
+for _ in $(seq "$REPS"); do
+  s=$(now); "$SVM" sigs verify "$W/v2.svmb" --trust "$W/pub.pub" >/dev/null; e=$(now)
+  t+=("$(echo "$e - $s" | bc)")
+done
+echo "svm sigs verify (verify + compile): median $(printf '%s\n' "${t[@]}" | median) s (runs: ${t[*]})"
+
+# 2. hot swap in svm serve: v2 pushed to a daemon on the default set, then v3 over it.
+cat > "$W/svm.toml" <<CFG
+[update]
+trusted_keys = ["$W/pub.pub"]
+admin_socket = "$W/admin.sock"
+CFG
+push() { curl -s -o /dev/null -w '%{http_code}' --unix-socket "$W/admin.sock" --data-binary @"$1" http://svm/v1/signatures; }
+swap_t=(); base_r=(); one_r=(); peak_r=()
+for _ in $(seq "$REPS"); do
+  "$SVM" serve --config "$W/svm.toml" --listen "$W/svm.sock" --metrics "" 2>"$W/serve.log" &
+  pid=$!
+  for _ in $(seq 100); do [ -S "$W/admin.sock" ] && curl -sf --unix-socket "$W/admin.sock" http://svm/v1/signatures >/dev/null && break; sleep 0.1; done
+  base=$(kib "$pid" VmRSS)
+  [ "$(push "$W/v2.svmb")" = 200 ] || { echo "push v2 failed" >&2; exit 1; }
+  sleep 1
+  one=$(kib "$pid" VmRSS)
+  hwm0=$(kib "$pid" VmHWM)
+  s=$(now); code=$(push "$W/v3.svmb"); e=$(now)
+  [ "$code" = 200 ] || { echo "push v3 failed: $code" >&2; exit 1; }
+  peak=$(kib "$pid" VmHWM)
+  swap_t+=("$(echo "$e - $s" | bc)"); base_r+=("$base"); one_r+=("$one"); peak_r+=("$peak")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+b=$(printf '%s\n' "${base_r[@]}" | median); o=$(printf '%s\n' "${one_r[@]}" | median); p=$(printf '%s\n' "${peak_r[@]}" | median)
+echo "svm serve swap v2 -> v3 (POST to swapped): median $(printf '%s\n' "${swap_t[@]}" | median) s (runs: ${swap_t[*]})"
+echo "svm serve RSS: default set $((b / 1024)) MiB; with the 100k set $((o / 1024)) MiB; peak during the swap $((p / 1024)) MiB"
+awk -v b="$b" -v o="$o" -v p="$p" 'BEGIN { printf "svm set memory: steady %.1f MiB, peak during swap %.1f MiB: %.2fx one set\n", (o-b)/1024, (p-b)/1024, (p-b)/(o-b) }'
+
+# 3. clamd RELOAD of the same signatures.
+cat > "$W/clamd.conf" <<CFG
+LocalSocket $W/clamd.sock
+DatabaseDirectory $W/clamdb
+LogFile $W/clamd.log
+Foreground yes
+TemporaryDirectory $W
+CFG
+rl_t=(); c_one=(); c_peak=()
+for _ in $(seq "$REPS"); do
+  : > "$W/clamd.log"
+  clamd --config-file="$W/clamd.conf" >/dev/null 2>&1 &
+  cpid=$!
+  for _ in $(seq 600); do [ -S "$W/clamd.sock" ] && break; sleep 0.1; done
+  sleep 1
+  one=$(kib "$cpid" VmRSS)
+  s=$(now)
+  python3 - "$W/clamd.sock" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"zRELOAD\0"); s.recv(100); s.close()
+PY
+  peak=$one
+  until grep -q "Database correctly reloaded" "$W/clamd.log"; do
+    r=$(kib "$cpid" VmRSS); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.01
+  done
+  e=$(now)
+  rl_t+=("$(echo "$e - $s" | bc)"); c_one+=("$one"); c_peak+=("$peak")
+  kill "$cpid"; wait "$cpid" 2>/dev/null || true
+  rm -f "$W/clamd.sock"
+done
+echo "clamd RELOAD (to 'Database correctly reloaded'): median $(printf '%s\n' "${rl_t[@]}" | median) s (runs: ${rl_t[*]})"
+echo "clamd RSS: with the set $(( $(printf '%s\n' "${c_one[@]}" | median) / 1024 )) MiB; peak during RELOAD (sampled every 10 ms) $(( $(printf '%s\n' "${c_peak[@]}" | median) / 1024 )) MiB"
