@@ -473,3 +473,34 @@ fn swaps_under_a_storm_lose_no_event_and_versions_only_move_forward() {
     assert_eq!(swap["version_regressions"], 0, "{text}");
     assert!(swap["max_version_seen"].as_u64().unwrap() >= 5, "{text}");
 }
+
+#[test]
+fn the_admin_socket_is_private_and_a_live_one_is_not_taken_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = dir.path().join("run/admin.sock");
+    let cfg = format!("[update]\nadmin_socket = \"{}\"\n", admin.display());
+    let d = Daemon::start(&cfg, &[]);
+    let mode = std::fs::metadata(&admin).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Without trusted keys, nothing is accepted.
+    let (st, body) = http(&admin, "POST", "/v1/signatures", b"SVMBNDL1");
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("no trusted publisher keys"), "{body}");
+    // A second daemon with the same admin socket refuses to start.
+    let o = std::process::Command::new(svm_tests::svm_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(d.dir.path().join("svm.toml"))
+        .arg("--listen")
+        .arg(dir.path().join("other.sock"))
+        .args(["--metrics", ""])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use"),
+        "{o:?}"
+    );
+    assert_eq!(get_version(&admin), 1);
+}

@@ -226,7 +226,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
 }
 
 /// Bind the unix socket, removing a stale one (nobody listening) but never a live one.
-pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
+fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;

@@ -278,12 +278,33 @@ pub fn describe(shared: &Shared) -> serde_json::Value {
     })
 }
 
-/// Bind the admin socket (mode 0600: the admin API changes what every guest is checked
-/// against), removing a stale one.
+/// Bind the admin socket with mode 0600 (the admin API changes what every guest is checked
+/// against). It is bound under a temporary name, restricted, then renamed into place, so
+/// it is never reachable at its path with wider permissions. A stale socket is replaced; a live
+/// one is refused.
 pub fn bind_admin(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
-    let l = super::bind_unix(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let name = path
+        .file_name()
+        .context("admin_socket has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let l = tokio::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("binding {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("{} is in use by a running daemon", path.display());
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("moving the admin socket to {}", path.display()))?;
     Ok(l)
 }
 
