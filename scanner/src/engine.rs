@@ -531,6 +531,38 @@ fn hash_matches(set: &SignatureSet, tables: &HashTables, data: &[u8], out: &mut 
     }
 }
 
+/// The hash signatures of `set` that match content known only by its size and digests (a
+/// cached verdict revalidated after an update that changed only hash signatures), after the
+/// allow-list: empty when nothing matches or the content is allow-listed.
+pub fn hash_lookup(
+    set: &SignatureSet,
+    size: u64,
+    md5: &[u8; 16],
+    sha1: &[u8; 20],
+    sha256: &[u8; 32],
+) -> Vec<Match> {
+    let lookup = |tables: &HashTables, out: &mut Vec<Match>| {
+        push_names(set, tables.md5.lookup(size, md5), MatchKind::Md5, out);
+        push_names(set, tables.sha1.lookup(size, sha1), MatchKind::Sha1, out);
+        push_names(
+            set,
+            tables.sha256.lookup(size, sha256),
+            MatchKind::Sha256,
+            out,
+        );
+    };
+    let mut out = Vec::new();
+    lookup(set.hashes(), &mut out);
+    if !out.is_empty() && !set.allow_list().is_empty() {
+        let mut listed = Vec::new();
+        lookup(set.allow_list(), &mut listed);
+        if !listed.is_empty() {
+            out.clear();
+        }
+    }
+    out
+}
+
 fn push_names(set: &SignatureSet, ids: Vec<u32>, kind: MatchKind, out: &mut Vec<Match>) {
     for id in ids {
         let name = set.name(id);

@@ -486,3 +486,33 @@ fn memory_scanners_use_only_yara_and_untyped_floating_body_signatures() {
     // No size limit for RAM ranges, and an allow-listed file hash does not hide memory hits.
     assert_eq!(mem.limits().max_file_size, u64::MAX);
 }
+
+#[test]
+fn hash_lookup_by_digests_matches_what_a_scan_finds() {
+    use md5::Digest;
+    let data = b"content known only by its digests";
+    let set = set_of(&[(
+        "h.hsb",
+        &format!("{}:{}:By.Sha256\n", sha256_hex(data), data.len()),
+    )]);
+    let md5: [u8; 16] = md5::Md5::digest(data).into();
+    let sha1: [u8; 20] = sha1::Sha1::digest(data).into();
+    let sha256: [u8; 32] = sha2::Sha256::digest(data).into();
+    let hits = scanner::hash_lookup(&set, data.len() as u64, &md5, &sha1, &sha256);
+    assert_eq!(
+        names(&Scanner::new(&set).scan_bytes(data)),
+        vec!["By.Sha256"]
+    );
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].name, "By.Sha256");
+    // Another size: no match. Allow-listed: no match.
+    assert!(scanner::hash_lookup(&set, 1, &md5, &sha1, &sha256).is_empty());
+    let allowed = set_of(&[
+        ("h.hsb", &format!("{}:*:By.Sha256\n", sha256_hex(data))),
+        (
+            "a.fp",
+            &format!("{}:{}:Known.Good\n", md5_hex(data), data.len()),
+        ),
+    ]);
+    assert!(scanner::hash_lookup(&allowed, data.len() as u64, &md5, &sha1, &sha256).is_empty());
+}

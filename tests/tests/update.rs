@@ -504,3 +504,86 @@ fn the_admin_socket_is_private_and_a_live_one_is_not_taken_over() {
     );
     assert_eq!(get_version(&admin), 1);
 }
+
+#[test]
+fn a_hash_only_update_revalidates_cached_verdicts_without_rescanning() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path();
+    let (key, public) = keygen(&d0.join("publisher"));
+    let admin = d0.join("admin.sock");
+    let cfg = format!(
+        "[update]\ntrusted_keys = [\"{}\"]\nadmin_socket = \"{}\"\n",
+        public.display(),
+        admin.display()
+    );
+    let content = b"a file every clone has, clean until a hash names it".repeat(10);
+    let sha = hex::encode(sha2::Sha256::digest(&content));
+    let other = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Demo.Empty\n";
+    let named = format!("{sha}:{}:Demo.Hash.Hit\n", content.len());
+    let v5 = bundle(d0, "v5", 5, &[("a.ndb", ONE), ("h.hsb", b"")], &key);
+    let v6 = bundle(
+        d0,
+        "v6",
+        6,
+        &[("a.ndb", ONE), ("h.hsb", other.as_bytes())],
+        &key,
+    );
+    let v7 = bundle(
+        d0,
+        "v7",
+        7,
+        &[
+            ("a.ndb", ONE),
+            ("h.hsb", format!("{other}{named}").as_bytes()),
+        ],
+        &key,
+    );
+    let v8 = bundle(
+        d0,
+        "v8",
+        8,
+        &[
+            ("a.ndb", ONE),
+            ("b.ndb", TWO),
+            ("h.hsb", format!("{other}{named}").as_bytes()),
+        ],
+        &key,
+    );
+    let d = Daemon::start(&cfg, &[]);
+    assert_eq!(http(&admin, "POST", "/v1/signatures", &v5).0, 200);
+    let scans = || d.metric("svm_scans_total");
+    // Scanned once under v5: clean.
+    assert_eq!(check(&d, d0, &content), 0);
+    let after_first = scans();
+    assert!(after_first >= 1.0);
+    // v6 only adds a hash (of other content): the cached verdict is revalidated, not rescanned.
+    assert_eq!(http(&admin, "POST", "/v1/signatures", &v6).0, 200);
+    assert_eq!(check(&d, d0, &content), 0);
+    assert_eq!(scans(), after_first);
+    assert_eq!(d.metric("svm_cache_revalidated_total"), 1.0);
+    // v7 adds the content's own hash: found by the lookup, still without a rescan.
+    assert_eq!(http(&admin, "POST", "/v1/signatures", &v7).0, 200);
+    let (_, body) = http(&admin, "GET", "/v1/signatures", b"");
+    assert!(body.contains("\"revalidates_from\":[6,5]"), "{body}");
+    let f = d0.join("probe.bin");
+    let o = svm([
+        "check".as_ref(),
+        "--socket".as_ref(),
+        d.socket.as_os_str(),
+        f.as_os_str(),
+    ]);
+    assert_eq!(code(&o), 1, "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Demo.Hash.Hit"),
+        "{o:?}"
+    );
+    assert_eq!(scans(), after_first);
+    assert_eq!(d.metric("svm_cache_revalidated_total"), 2.0);
+    // v8 adds a body signature: no revalidation, the content is scanned again.
+    assert_eq!(http(&admin, "POST", "/v1/signatures", &v8).0, 200);
+    let (_, body) = http(&admin, "GET", "/v1/signatures", b"");
+    assert!(body.contains("\"revalidates_from\":[]"), "{body}");
+    assert_eq!(check(&d, d0, &content), 1);
+    assert!(scans() > after_first);
+}

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub updates: Family<ResultLabels, Counter>,
     /// Failed fetches from the mirror.
     pub mirror_errors: Counter,
+    /// Cached clean verdicts carried to a new set version by a hash lookup (no rescan).
+    pub cache_revalidated: Counter,
 }
 
 impl Default for Metrics {
@@ -151,6 +153,7 @@ impl Metrics {
             mem_repeats: Counter::default(),
             updates: Family::default(),
             mirror_errors: Counter::default(),
+            cache_revalidated: Counter::default(),
             mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -218,6 +221,11 @@ impl Metrics {
             "signature_updates",
             "Signature bundles accepted or refused",
             m.updates.clone(),
+        );
+        r.register(
+            "cache_revalidated",
+            "Cached clean verdicts carried to a new signature version by a hash lookup",
+            m.cache_revalidated.clone(),
         );
         r.register(
             "mirror_errors",

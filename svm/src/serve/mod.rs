@@ -165,7 +165,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         None => None,
     };
     let sigs = match persisted {
-        Some(l) => update::state_of(l),
+        Some(l) => update::state_of(l, Vec::new()),
         None => {
             let (set, _) = crate::scan::load_set(&opts.databases, false)?;
             SigState {
@@ -174,6 +174,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
                 version: 1,
                 publisher: None,
                 loaded_at: audit::now_rfc3339(),
+                files: None,
+                hash_only_since: Vec::new(),
             }
         }
     };

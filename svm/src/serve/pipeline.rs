@@ -33,6 +33,12 @@ pub struct SigState {
     pub publisher: Option<String>,
     /// When it was loaded (RFC 3339).
     pub loaded_at: String,
+    /// The signature files it was built from (name → SHA-256), for a set from a bundle.
+    pub files: Option<std::collections::BTreeMap<String, String>>,
+    /// Earlier versions (newest first) from which this set differs only in hash signature
+    /// files: clean verdicts cached under them are revalidated by a hash lookup instead of a
+    /// rescan.
+    pub hash_only_since: Vec<u64>,
 }
 
 /// Verdict-cache key: content hash and signature set version.
@@ -260,7 +266,7 @@ pub fn fast_path(ctx: &EventCtx, ev: &FileEvent, group: &Group, start: Instant) 
     }
     let id = ctx.vm.identity_get(&ev.identity)?;
     let sigs = ctx.shared.sigs.load_full();
-    let rec = ctx.shared.cache.get(&(id.hash, sigs.version))?;
+    let rec = cached(&ctx.shared, &sigs, id.hash)?;
     let m = &ctx.shared.metrics;
     m.identity_hits.inc();
     m.cache_hits.inc();
@@ -270,6 +276,43 @@ pub fn fast_path(ctx: &EventCtx, ev: &FileEvent, group: &Group, start: Instant) 
         cached: true,
     };
     Some(finish(ctx, ev, group, &sigs, &d, start, None))
+}
+
+/// The cached verdict for content `hash` under `sigs`: one made with this version, or a
+/// clean one made with a version this set differs from only in hash signatures, revalidated
+/// by looking the content's digests up in this set (no rescan) and cached under this version.
+pub fn cached(shared: &Shared, sigs: &SigState, hash: [u8; 32]) -> Option<Arc<CacheRecord>> {
+    if let Some(rec) = shared.cache.get(&(hash, sigs.version)) {
+        return Some(rec);
+    }
+    for &v in &sigs.hash_only_since {
+        let Some(old) = shared.cache.get(&(hash, v)) else {
+            continue;
+        };
+        // Infected verdicts are rare; they are rescanned rather than revalidated.
+        if !matches!(*old.outcome, Outcome::Clean) {
+            return None;
+        }
+        let hits = scanner::hash_lookup(&sigs.set, old.size, &old.md5, &old.sha1, &old.sha256);
+        let outcome = if hits.is_empty() {
+            old.outcome.clone()
+        } else {
+            Arc::new(Outcome::Infected(
+                hits.into_iter().map(|m| m.name).collect(),
+            ))
+        };
+        let rec = Arc::new(CacheRecord {
+            outcome,
+            size: old.size,
+            md5: old.md5,
+            sha1: old.sha1,
+            sha256: old.sha256,
+        });
+        shared.cache.insert((hash, sigs.version), rec.clone());
+        shared.metrics.cache_revalidated.inc();
+        return Some(rec);
+    }
+    None
 }
 
 /// Build the verdict frame for a decided outcome, with metrics and audit.
@@ -526,7 +569,7 @@ async fn obtain(
             .flights
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(rec) = shared.cache.get(&key) {
+        if let Some(rec) = cached(shared, sigs, hash) {
             m.cache_hits.inc();
             return Ok(Decided {
                 outcome: rec.outcome.clone(),

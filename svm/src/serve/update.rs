@@ -64,6 +64,8 @@ pub struct Loaded {
     pub version: u64,
     /// The publisher's key id.
     pub key_id: String,
+    /// Its files: name → SHA-256.
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -98,10 +100,17 @@ pub fn load(bytes: &[u8], cfg: &UpdateConfig) -> Result<Loaded, Refusal> {
             format!("the signatures do not load: {}", cut(&format!("{e:#}"))),
         )
     })?;
+    let files = v
+        .manifest
+        .files
+        .iter()
+        .map(|f| (f.name.clone(), f.sha256.clone()))
+        .collect();
     Ok(Loaded {
         set,
         version: v.manifest.set_version,
         key_id: v.manifest.key_id,
+        files,
     })
 }
 
@@ -115,15 +124,48 @@ fn cut(msg: &str) -> String {
     format!("{}\n… {} more lines", head.join("\n"), lines.len() - 20)
 }
 
-/// The set state for a loaded bundle.
-pub fn state_of(l: Loaded) -> SigState {
+/// The set state for a loaded bundle; `hash_only_since` as [`hash_only_chain`] says.
+pub fn state_of(l: Loaded, hash_only_since: Vec<u64>) -> SigState {
     SigState {
         epoch: super::epoch_of(&l.set),
         set: Arc::new(l.set),
         version: l.version,
         publisher: Some(l.key_id),
         loaded_at: now_rfc3339(),
+        files: Some(l.files),
+        hash_only_since,
     }
+}
+
+/// Whether a signature file holds only hash signatures (`.hdb`, `.hsb`): a change to it can
+/// turn a clean verdict infected only through a hash lookup.
+fn is_hash_file(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.ends_with(".hdb") || n.ends_with(".hsb")
+}
+
+/// The versions whose clean verdicts stay valid up to a hash lookup under `new`: `old`'s
+/// version (and its own such versions, at most 8) when the two differ only in hash files
+/// and the version moves forward; none otherwise.
+pub fn hash_only_chain(old: &SigState, new: &Loaded) -> Vec<u64> {
+    let Some(old_files) = &old.files else {
+        return Vec::new();
+    };
+    if new.version <= old.version {
+        return Vec::new();
+    }
+    let names: std::collections::BTreeSet<&String> =
+        old_files.keys().chain(new.files.keys()).collect();
+    let only_hashes = names
+        .into_iter()
+        .all(|n| old_files.get(n) == new.files.get(n) || is_hash_file(n));
+    if !only_hashes {
+        return Vec::new();
+    }
+    std::iter::once(old.version)
+        .chain(old.hash_only_since.iter().copied())
+        .take(8)
+        .collect()
 }
 
 /// The persisted bundle, if `state_dir` holds one; `Err` says why it cannot be used.
@@ -199,7 +241,8 @@ pub fn accept(
         if let Some(dir) = &cfg.state_dir {
             persist(dir, bytes).map_err(|e| refuse(500, format!("cannot persist: {e:#}")))?;
         }
-        shared.sigs.store(Arc::new(state_of(loaded)));
+        let chain = hash_only_chain(&shared.sigs.load(), &loaded);
+        shared.sigs.store(Arc::new(state_of(loaded, chain)));
         crash_point("after-swap");
         Ok(v)
     })();
@@ -275,6 +318,7 @@ pub fn describe(shared: &Shared) -> serde_json::Value {
         "counts": s.set.counts(),
         "loaded_at": s.loaded_at,
         "publisher": s.publisher,
+        "revalidates_from": s.hash_only_since,
     })
 }
 
