@@ -22,9 +22,10 @@ head -n 80000 "$A/scale-db/scale.hsb" > "$W/v2/scale.hsb"
 head -n 20000 "$A/scale-db/scale.ndb" > "$W/v2/scale.ndb"
 cp "$W"/v2/* "$W/v3/" && echo "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Bench.Extra" >> "$W/v3/scale.hsb"
 cp "$W"/v2/* "$W/clamdb/"
+mkdir -p "$W/v3b" && cp "$W"/v2/* "$W/v3b/" && echo "Bench.Extra.Body:0:*:62656e63682d65787472612d626f6479" >> "$W/v3b/scale.ndb"
 "$SVM" sigs keygen -o "$W/pub" >/dev/null
-for v in 2 3; do
-  "$SVM" sigs build "$W/v$v" --set-version "$v" -o "$W/v$v.svmb" >/dev/null
+for v in 2 3 3b; do
+  "$SVM" sigs build "$W/v$v" --set-version "${v%b}" -o "$W/v$v.svmb" >/dev/null
   "$SVM" sigs sign "$W/v$v.svmb" --key "$W/pub.key" >/dev/null
 done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -102,3 +103,24 @@ PY
 done
 echo "clamd RELOAD (to 'Database correctly reloaded'): median $(printf '%s\n' "${rl_t[@]}" | median) s (runs: ${rl_t[*]})"
 echo "clamd RSS: with the set $(( $(printf '%s\n' "${c_one[@]}" | median) / 1024 )) MiB; peak during RELOAD (sampled every 10 ms) $(( $(printf '%s\n' "${c_peak[@]}" | median) / 1024 )) MiB"
+
+# 4. The storm after an update (bench-storm: 100 guests x 500 files from /usr; boot 1 on v2,
+#    then the update, then boot 2): a hash-only update (v3: one more hash) against one that
+#    adds a body signature (v3b).
+cat > "$W/storm.toml" <<CFG
+[update]
+trusted_keys = ["$W/pub.pub"]
+admin_socket = "$W/storm-admin.sock"
+CFG
+for b in v3 v3b; do
+  "$SVM" bench-storm --guests 100 --files 500 --reps "$REPS" --json --admin-socket "$W/storm-admin.sock" \
+    --push "$W/$b.svmb" --push-between-boots -- --config "$W/storm.toml" -d "$W/v2" > "$W/storm-$b.json" 2>/dev/null
+  python3 - "$W/storm-$b.json" "$b" <<'PY'
+import json, statistics as st, sys
+r = json.load(open(sys.argv[1]))["reps"]
+m = lambda f: st.median(f(x) for x in r)
+print(f"storm after update {sys.argv[2]}: boot 2 scans {m(lambda x: x['boot2_scans']):.0f}, cache hit ratio "
+      f"{m(lambda x: x['boot2_cache_hit_ratio']):.3f}, p99 {m(lambda x: x['boot2']['p99_ms']):.2f} ms, "
+      f"{m(lambda x: x['boot2']['per_second']):.0f} verdicts/s; boot 1 scans {m(lambda x: x['boot1_scans']):.0f}")
+PY
+done

@@ -211,6 +211,9 @@ struct StormArgs {
     /// Milliseconds before each push.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     push_every_ms: u64,
+    /// Push between boot 1 and boot 2 instead (boot 2 is the storm after the update).
+    #[arg(long, requires = "admin_socket")]
+    push_between_boots: bool,
     /// Extra arguments for `svm serve` (after --).
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -347,6 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 push: a.push,
                 admin_socket: a.admin_socket,
                 push_every: std::time::Duration::from_millis(a.push_every_ms),
+                push_between: a.push_between_boots,
             })?;
             Ok(ExitCode::SUCCESS)
         }

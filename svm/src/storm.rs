@@ -65,6 +65,9 @@ pub struct StormOptions {
     pub admin_socket: Option<PathBuf>,
     /// Delay before each push.
     pub push_every: Duration,
+    /// Push between boot 1 and boot 2 instead of during the boots (boot 2 is then "the next
+    /// storm" after the update).
+    pub push_between: bool,
 }
 
 /// Signature versions the guests saw in their verdicts.
@@ -327,6 +330,8 @@ pub struct Rep {
     pub boot2: Phase,
     /// Scans in boot 2 (should be 0).
     pub boot2_scans: f64,
+    /// Verdict-cache hits / (hits + misses) during boot 2.
+    pub boot2_cache_hit_ratio: f64,
     /// Paced warm phase.
     pub paced: Vec<Phase>,
     /// Peak RSS (KiB).
@@ -687,13 +692,15 @@ pub fn run(o: &StormOptions) -> Result<()> {
         );
         if let Some(sw) = &r.swap {
             eprintln!(
-                "rep {}: swaps under load: HTTP {:?} in {:?} ms; highest version in a verdict {}; version regressions {}; boot1 deadline fallbacks {}",
+                "rep {}: swaps: HTTP {:?} in {:?} ms; highest version in a verdict {}; version regressions {}; boot1 deadline fallbacks {}; boot2 scans {} cache hit ratio {:.3}",
                 rep + 1,
                 sw.statuses,
                 sw.push_ms.iter().map(|m| (m * 10.0).round() / 10.0).collect::<Vec<_>>(),
                 sw.max_version_seen,
                 sw.version_regressions,
-                r.boot1_timeouts
+                r.boot1_timeouts,
+                r.boot2_scans,
+                r.boot2_cache_hit_ratio
             );
         }
         reps.push(r);
@@ -846,7 +853,7 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
     };
     // Swaps under load: bundles pushed to the admin API while the boots run.
     let pusher = match (&o.admin_socket, o.push.is_empty()) {
-        (Some(sock), false) => {
+        (Some(sock), false) if !o.push_between => {
             let (sock, bundles, every) = (sock.clone(), o.push.clone(), o.push_every);
             Some(std::thread::spawn(move || push_all(&sock, &bundles, every)))
         }
@@ -860,28 +867,39 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
     let boot1_timeouts = daemon.metric("svm_events_total{op=\"open\",result=\"timeout\"}");
     let rss_after_boot1 = daemon.rss_kib("VmRSS:");
     let entries = (o.guests * files.data.len()) as f64;
+    let between = match (&o.admin_socket, o.push_between) {
+        (Some(sock), true) => Some(push_all(sock, &o.push, Duration::ZERO)?),
+        _ => None,
+    };
+    let (hits0, misses0) = (
+        daemon.metric("svm_cache_hits_total"),
+        daemon.metric("svm_cache_misses_total"),
+    );
+    let scans0 = daemon.metric("svm_scans_total");
     let boot2 = run(2, None)?;
-    let boot2_scans = daemon.metric("svm_scans_total") - boot1_scans;
+    let boot2_scans = daemon.metric("svm_scans_total") - scans0;
+    let hits = daemon.metric("svm_cache_hits_total") - hits0;
+    let misses = daemon.metric("svm_cache_misses_total") - misses0;
+    let boot2_cache_hit_ratio = hits / (hits + misses).max(1.0);
     let mut paced = Vec::new();
     for (i, rate) in o.rates.iter().enumerate() {
         let per_guest = Duration::from_secs_f64(o.guests as f64 / (*rate).max(1) as f64);
         paced.push(run(3 + i as u64, Some(per_guest))?);
     }
     let rss_peak = daemon.rss_kib("VmHWM:");
-    let swap = match pusher {
-        Some(h) => {
-            let pushes = h
-                .join()
-                .map_err(|_| anyhow::anyhow!("the push thread panicked"))??;
-            Some(SwapReport {
-                statuses: pushes.iter().map(|p| p.0).collect(),
-                push_ms: pushes.iter().map(|p| p.1).collect(),
-                version_regressions: stats.regressions.load(Ordering::Relaxed),
-                max_version_seen: stats.max.load(Ordering::Relaxed),
-            })
-        }
-        None => None,
+    let pushes = match (pusher, between) {
+        (Some(h), _) => Some(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("the push thread panicked"))??,
+        ),
+        (None, b) => b,
     };
+    let swap = pushes.map(|pushes| SwapReport {
+        statuses: pushes.iter().map(|p| p.0).collect(),
+        push_ms: pushes.iter().map(|p| p.1).collect(),
+        version_regressions: stats.regressions.load(Ordering::Relaxed),
+        max_version_seen: stats.max.load(Ordering::Relaxed),
+    });
     drop(cmd_txs);
     for t in threads {
         let _ = t.join();
@@ -900,6 +918,7 @@ fn one_rep(o: &StormOptions, files: Arc<Sample>) -> Result<Rep> {
             / entries,
         boot2,
         boot2_scans,
+        boot2_cache_hit_ratio,
         paced,
         rss_peak_kib: rss_peak,
         swap,

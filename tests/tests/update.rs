@@ -86,6 +86,19 @@ fn crafted(version: u64, name: &str, data: Vec<u8>, key: &Path) -> Vec<u8> {
     bundle::sign(&b, &bundle::Keypair::from_seed(seed)).unwrap()
 }
 
+/// A publisher key pair in `dir`, and a daemon config trusting it with an admin socket:
+/// (secret key, admin socket, config).
+fn publisher_and_admin(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let (key, public) = keygen(&dir.join("publisher"));
+    let admin = dir.join("admin.sock");
+    let cfg = format!(
+        "[update]\ntrusted_keys = [\"{}\"]\nadmin_socket = \"{}\"\n",
+        public.display(),
+        admin.display()
+    );
+    (key, admin, cfg)
+}
+
 fn keygen(prefix: &Path) -> (PathBuf, PathBuf) {
     let o = svm([
         "sigs".as_ref(),
@@ -510,13 +523,7 @@ fn a_hash_only_update_revalidates_cached_verdicts_without_rescanning() {
     use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
     let d0 = dir.path();
-    let (key, public) = keygen(&d0.join("publisher"));
-    let admin = d0.join("admin.sock");
-    let cfg = format!(
-        "[update]\ntrusted_keys = [\"{}\"]\nadmin_socket = \"{}\"\n",
-        public.display(),
-        admin.display()
-    );
+    let (key, admin, cfg) = publisher_and_admin(d0);
     let content = b"a file every clone has, clean until a hash names it".repeat(10);
     let sha = hex::encode(sha2::Sha256::digest(&content));
     let other = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Demo.Empty\n";
@@ -586,4 +593,30 @@ fn a_hash_only_update_revalidates_cached_verdicts_without_rescanning() {
     assert!(body.contains("\"revalidates_from\":[]"), "{body}");
     assert_eq!(check(&d, d0, &content), 1);
     assert!(scans() > after_first);
+}
+
+#[test]
+fn a_set_loaded_with_d_is_revalidated_by_a_hash_only_bundle_of_the_same_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path();
+    let (key, admin, cfg) = publisher_and_admin(d0);
+    let db = d0.join("db");
+    std::fs::create_dir(&db).unwrap();
+    std::fs::write(db.join("a.ndb"), ONE).unwrap();
+    std::fs::write(db.join("h.hsb"), b"").unwrap();
+    let extra = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Demo.Empty\n";
+    let v2 = bundle(
+        d0,
+        "v2",
+        2,
+        &[("a.ndb", ONE), ("h.hsb", extra.as_bytes())],
+        &key,
+    );
+    let d = Daemon::start(&cfg, &["-d", db.to_str().unwrap()]);
+    assert_eq!(check(&d, d0, b"clean content of a -d set"), 0);
+    let scans = d.metric("svm_scans_total");
+    assert_eq!(http(&admin, "POST", "/v1/signatures", &v2).0, 200);
+    assert_eq!(check(&d, d0, b"clean content of a -d set"), 0);
+    assert_eq!(d.metric("svm_scans_total"), scans);
+    assert_eq!(d.metric("svm_cache_revalidated_total"), 1.0);
 }

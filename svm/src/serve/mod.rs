@@ -174,7 +174,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
                 version: 1,
                 publisher: None,
                 loaded_at: audit::now_rfc3339(),
-                files: None,
+                files: crate::sigs::file_digests(&opts.databases),
                 hash_only_since: Vec::new(),
             }
         }
