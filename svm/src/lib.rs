@@ -24,8 +24,9 @@
 //! ```
 //!
 //! # Current limitations
-//! - No archives yet. `svm serve` takes signed bundles on its admin API; no pull mode yet.
-//! - The daemon takes no vsock connections yet, and does not drop privileges.
+//! - No archives yet. Signed bundles come through the admin API (unix socket) or an http://
+//!   mirror; no TLS yet.
+//! - The daemon does not drop privileges yet.
 
 #![forbid(unsafe_code)]
 
