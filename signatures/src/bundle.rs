@@ -286,13 +286,13 @@ struct Parts<'a> {
     payload: &'a [u8],
 }
 
-fn split<'a>(data: &'a [u8], limits: &Limits) -> Result<Parts<'a>, BundleError> {
+/// Cut a bundle into its parts; a file over `max_bundle` bytes is refused first.
+fn split(data: &[u8], max_bundle: u64) -> Result<Parts<'_>, BundleError> {
     let short = || BundleError::Format(format!("{} bytes: cut short", data.len()));
-    if data.len() as u64 > limits.max_bundle {
+    if data.len() as u64 > max_bundle {
         return Err(BundleError::TooLarge(format!(
-            "{} bytes (at most {})",
+            "{} bytes (at most {max_bundle})",
             data.len(),
-            limits.max_bundle
         )));
     }
     if data.get(..8).ok_or_else(short)? != MAGIC {
@@ -338,11 +338,7 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
 /// Sign an unsigned (or re-sign a signed) bundle: the manifest gets the key's id, then the
 /// header and manifest are signed.
 pub fn sign(bundle: &[u8], key: &Keypair) -> Result<Vec<u8>, BundleError> {
-    let limits = Limits {
-        max_bundle: u64::MAX,
-        ..Limits::default()
-    };
-    let p = split(bundle, &limits)?;
+    let p = split(bundle, u64::MAX)?;
     let mut m = parse_manifest(p.manifest)?;
     check_payload(&m, p.payload)?;
     m.key_id = key_id(&key.public());
@@ -366,13 +362,7 @@ fn check_payload(m: &Manifest, payload: &[u8]) -> Result<(), BundleError> {
 
 /// The manifest of a bundle, unverified (for `svm sigs inspect`), and whether it is signed.
 pub fn inspect(data: &[u8]) -> Result<(Manifest, bool), BundleError> {
-    let p = split(
-        data,
-        &Limits {
-            max_bundle: u64::MAX,
-            ..Limits::default()
-        },
-    )?;
+    let p = split(data, u64::MAX)?;
     Ok((parse_manifest(p.manifest)?, p.sig != [0; SIG_LEN]))
 }
 
@@ -383,7 +373,7 @@ pub fn verify(
     trusted: &[PublicKey],
     limits: &Limits,
 ) -> Result<Verified, BundleError> {
-    let p = split(data, limits)?;
+    let p = split(data, limits.max_bundle)?;
     if p.sig == [0; SIG_LEN] {
         return Err(BundleError::Unsigned);
     }

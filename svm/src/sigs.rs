@@ -152,38 +152,8 @@ fn counts_of(set: &SignatureSet) -> bundle::Counts {
     out
 }
 
-/// Name → SHA-256 of the signature files given with `-d` (files, or the regular files of
-/// directories, not recursive), as a bundle's manifest lists them, so a later bundle can be
-/// compared with them. `None` for the embedded default set or when a file cannot be read.
-pub fn file_digests(paths: &[PathBuf]) -> Option<std::collections::BTreeMap<String, String>> {
-    use sha2::Digest;
-    if paths.is_empty() {
-        return None;
-    }
-    let mut out = std::collections::BTreeMap::new();
-    let mut add = |p: &Path| -> Option<()> {
-        let name = p.file_name()?.to_string_lossy().into_owned();
-        let data = std::fs::read(p).ok()?;
-        out.insert(name, hex::encode(sha2::Sha256::digest(&data)));
-        Some(())
-    };
-    for p in paths {
-        if p.is_dir() {
-            for e in std::fs::read_dir(p).ok()? {
-                let e = e.ok()?;
-                if e.file_type().ok()?.is_file() {
-                    add(&e.path())?;
-                }
-            }
-        } else {
-            add(p)?;
-        }
-    }
-    Some(out)
-}
-
-/// `build`: the regular files of `dir` (not recursive) into an unsigned bundle.
-pub fn build(dir: &Path, set_version: u64, out: &Path) -> Result<()> {
+/// The regular files of `dir` (not recursive), sorted by name: (name, bytes).
+fn dir_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
         let e = e?;
@@ -194,6 +164,35 @@ pub fn build(dir: &Path, set_version: u64, out: &Path) -> Result<()> {
         files.push((name, std::fs::read(e.path())?));
     }
     files.sort();
+    Ok(files)
+}
+
+/// Name → SHA-256 of the signature files given with `-d` (files, or the regular files of
+/// directories, not recursive), as a bundle's manifest lists them, so a later bundle can be
+/// compared with them. `None` for the embedded default set or when a file cannot be read.
+pub fn file_digests(paths: &[PathBuf]) -> Option<std::collections::BTreeMap<String, String>> {
+    use sha2::Digest;
+    if paths.is_empty() {
+        return None;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for p in paths {
+        let files = if p.is_dir() {
+            dir_files(p).ok()?
+        } else {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            vec![(name, std::fs::read(p).ok()?)]
+        };
+        for (name, data) in files {
+            out.insert(name, hex::encode(sha2::Sha256::digest(&data)));
+        }
+    }
+    Some(out)
+}
+
+/// `build`: the regular files of `dir` (not recursive) into an unsigned bundle.
+pub fn build(dir: &Path, set_version: u64, out: &Path) -> Result<()> {
+    let files = dir_files(dir)?;
     if files.is_empty() {
         bail!("{} holds no signature files", dir.display());
     }

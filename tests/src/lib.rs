@@ -187,6 +187,29 @@ impl Daemon {
             .collect()
     }
 
+    /// The first audit record holding every one of `needles`, waiting for it up to `secs`
+    /// (the audit log is written by its own thread); panics with the log if none comes.
+    pub fn wait_audit(&self, needles: &[&str], secs: u64) -> String {
+        let find = || {
+            self.audit()
+                .into_iter()
+                .find(|r| needles.iter().all(|n| r.contains(n)))
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(r) = find() {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no audit record with {needles:?}: {:?}\n{}",
+                self.audit(),
+                self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Send a signal by name (`TERM`, `HUP`).
     pub fn signal(&self, sig: &str) {
         let st = Command::new("kill")

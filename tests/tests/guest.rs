@@ -343,22 +343,7 @@ fn svm_serve_sweeps_a_live_guest_and_pauses_it_on_a_memory_detection() {
     );
     let d = Daemon::start(&cfg, &["-d", db.to_str().unwrap()]);
     // The sweeper finds the payload in a later round (generous bound; not a timing test).
-    let until = Instant::now() + Duration::from_secs(120);
-    let record = loop {
-        let found = d
-            .audit()
-            .into_iter()
-            .find(|r| r.contains("\"op\":\"memory\"") && r.contains("\"vm\":\"memvm\""));
-        if let Some(r) = found {
-            break r;
-        }
-        assert!(
-            Instant::now() < until,
-            "no memory detection: {:?}",
-            d.audit()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let record = d.wait_audit(&["\"op\":\"memory\"", "\"vm\":\"memvm\""], 120);
     let v: serde_json::Value = serde_json::from_str(&record).unwrap();
     assert_eq!(v["signatures"][0], "Test.Mem.Payload", "{record}");
     assert_eq!(v["action"], "pause", "{record}");
@@ -479,22 +464,7 @@ fn a_guest_with_ram_above_4_gib_is_addressed_through_its_layout_from_qmp() {
         qmp.display()
     );
     let d = Daemon::start(&cfg, &["-d", db.to_str().unwrap()]);
-    let until = Instant::now() + Duration::from_secs(120);
-    let record = loop {
-        if let Some(r) = d
-            .audit()
-            .into_iter()
-            .find(|r| r.contains("\"op\":\"memory\""))
-        {
-            break r;
-        }
-        assert!(
-            Instant::now() < until,
-            "no memory detection: {:?}",
-            d.stderr
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let record = d.wait_audit(&["\"op\":\"memory\""], 120);
     assert!(
         record.contains(&format!("\"path\":\"gpa:{gpa:#x}\"")),
         "{record}"

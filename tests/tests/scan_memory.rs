@@ -144,8 +144,8 @@ fn sweepers_follow_reloads_and_survive_a_ram_file_that_shrinks() {
     )
     .unwrap();
     d.signal("HUP");
-    wait_until("a memory detection", 60, || !memory_records().is_empty());
-    let rec: serde_json::Value = serde_json::from_str(&memory_records()[0]).unwrap();
+    let rec = d.wait_audit(&["\"op\":\"memory\""], 60);
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
     assert_eq!(rec["vm"], "hup");
     assert_eq!(rec["signatures"][0], "Test.Mem.Payload");
     assert_eq!(rec["path"], format!("gpa:{at:#x}"));

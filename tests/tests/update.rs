@@ -213,9 +213,7 @@ fn bundles_are_verified_swapped_in_persisted_and_refusals_audited() {
     let (st, body) = http(&admin, "POST", "/v1/signatures?allow_downgrade=true", &v4);
     assert_eq!(st, 200, "{body}");
     assert_eq!(get_version(&admin), 4);
-    wait_until("the audited downgrade", 60, || {
-        !updates("\"action\":\"downgrade\"").is_empty()
-    });
+    d.wait_audit(&["\"op\":\"update\"", "\"action\":\"downgrade\""], 60);
     let (st, body) = http(&admin, "POST", "/v1/signatures", &v6);
     assert_eq!(st, 200, "{body}");
     assert_eq!(check(&d, d0, b"xx two-marker xx"), 1);
@@ -352,11 +350,7 @@ fn pull_mode_fetches_new_bundles_from_a_real_http_mirror() {
     let n = bad.len() - 1;
     bad[n] ^= 1;
     publish(&bad, 100);
-    wait_until("the refusal", 60, || {
-        d.audit()
-            .iter()
-            .any(|r| r.contains("\"op\":\"update\"") && r.contains("\"result\":\"refused\""))
-    });
+    d.wait_audit(&["\"op\":\"update\"", "\"result\":\"refused\""], 60);
     assert_eq!(get_version(&admin), 6);
     let accepted = d
         .audit()

@@ -322,7 +322,10 @@ fn handle(
                 ));
             }
             let group = cfg.group_of(vm);
-            if let Some(frame) = fast_path(c, &ev, &group, start) {
+            // The set is chosen here, once, in the order the guest sent its events (not when
+            // a task first runs): an event sent after another never gets an older set.
+            let sigs = c.shared.sigs.load_full();
+            if let Some(frame) = fast_path(c, &ev, &group, &sigs, start) {
                 out.extend_from_slice(&frame);
                 return Ok(());
             }
@@ -348,9 +351,6 @@ fn handle(
                 (None, None)
             };
             pending.insert(id, Pending { reads: reads_tx });
-            // The set is chosen here, in the order the guest sent its events, not when the
-            // task first runs: an event sent after another never gets an older set.
-            let sigs = c.shared.sigs.load_full();
             tokio::spawn(run_event(
                 c.clone(),
                 ev,

@@ -223,16 +223,6 @@ impl Metrics {
             m.updates.clone(),
         );
         r.register(
-            "cache_revalidated",
-            "Cached clean verdicts carried to a new signature version by a hash lookup",
-            m.cache_revalidated.clone(),
-        );
-        r.register(
-            "mirror_errors",
-            "Failed fetches of signature bundles from the mirror",
-            m.mirror_errors.clone(),
-        );
-        r.register(
             "logs_suppressed",
             "Guest-triggered log lines suppressed by rate limiting",
             m.logs_suppressed.clone(),
@@ -268,6 +258,16 @@ impl Metrics {
                 "memory_errors",
                 "RAM files that could not be read or scanned",
                 &m.mem_errors,
+            ),
+            (
+                "cache_revalidated",
+                "Cached clean verdicts carried to a new signature version by a hash lookup",
+                &m.cache_revalidated,
+            ),
+            (
+                "mirror_errors",
+                "Failed fetches of signature bundles from the mirror",
+                &m.mirror_errors,
             ),
         ] {
             r.register(name, help, c.clone());

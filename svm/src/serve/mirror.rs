@@ -41,6 +41,11 @@ struct Validators {
 fn pull_loop(shared: &Shared, stop: &AtomicBool) {
     let mut validators = Validators::default();
     let mut failures = 0u32;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(300)))
+        .http_status_as_error(false)
+        .build()
+        .into();
     while !stop.load(Ordering::Relaxed) {
         let up = shared.config.load().cfg.update.clone();
         let Some(url) = up.mirror.clone() else {
@@ -48,7 +53,7 @@ fn pull_loop(shared: &Shared, stop: &AtomicBool) {
             continue;
         };
         let interval = Duration::from_secs(up.mirror_interval_s.max(1));
-        let wait = match fetch_once(shared, &url, up.max_bundle, &mut validators) {
+        let wait = match fetch_once(shared, &agent, &url, up.max_bundle, &mut validators) {
             Ok(()) => {
                 failures = 0;
                 interval
@@ -77,15 +82,11 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 
 fn fetch_once(
     shared: &Shared,
+    agent: &ureq::Agent,
     url: &str,
     max_bundle: u64,
     v: &mut Validators,
 ) -> Result<(), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(300)))
-        .http_status_as_error(false)
-        .build()
-        .into();
     let mut req = agent.get(url);
     if let Some(e) = &v.etag {
         req = req.header("If-None-Match", e);

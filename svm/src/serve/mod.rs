@@ -307,8 +307,8 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
         Some(addr)
     };
     let admin = shared.config.load().cfg.update.clone();
-    if let Some(path) = update::admin_socket(&admin) {
-        let l = update::bind_admin(&path)?;
+    if let Some(path) = &admin.admin_socket {
+        let l = update::bind_admin(path)?;
         spawn_http(
             l,
             update::router(shared.clone(), admin.max_bundle),

@@ -260,13 +260,18 @@ fn wire_status(o: &Outcome) -> WireStatus {
 
 /// Try to answer from the identity cache and the verdict cache alone (no task, no content).
 /// Returns the encoded verdict when it can.
-pub fn fast_path(ctx: &EventCtx, ev: &FileEvent, group: &Group, start: Instant) -> Option<Vec<u8>> {
+pub fn fast_path(
+    ctx: &EventCtx,
+    ev: &FileEvent,
+    group: &Group,
+    sigs: &SigState,
+    start: Instant,
+) -> Option<Vec<u8>> {
     if !ev.op.waits() {
         return None;
     }
     let id = ctx.vm.identity_get(&ev.identity)?;
-    let sigs = ctx.shared.sigs.load_full();
-    let rec = cached(&ctx.shared, &sigs, id.hash)?;
+    let rec = cached(&ctx.shared, sigs, id.hash)?;
     let m = &ctx.shared.metrics;
     m.identity_hits.inc();
     m.cache_hits.inc();
@@ -275,7 +280,7 @@ pub fn fast_path(ctx: &EventCtx, ev: &FileEvent, group: &Group, start: Instant) 
         hash: Some(id.hash),
         cached: true,
     };
-    Some(finish(ctx, ev, group, &sigs, &d, start, None))
+    Some(finish(ctx, ev, group, sigs, &d, start, None))
 }
 
 /// The cached verdict for content `hash` under `sigs`: one made with this version, or a

@@ -19,7 +19,7 @@ use super::Shared;
 use crate::config::UpdateConfig;
 use signatures::bundle::{self, Limits, PublicKey};
 use signatures::SignatureSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The persisted bundle's file name in `state_dir`.
@@ -394,9 +394,4 @@ pub fn router(shared: Arc<Shared>, max_bundle: u64) -> axum::Router {
         .route("/v1/signatures", axum::routing::get(get).post(post))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(shared)
-}
-
-/// The admin socket of a configuration, if the admin API is on.
-pub fn admin_socket(cfg: &UpdateConfig) -> Option<PathBuf> {
-    cfg.admin_socket.clone()
 }
