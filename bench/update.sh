@@ -17,16 +17,27 @@ W=${WORK:-/var/tmp/bench-update}
 [ -f "$A/scale-db/scale.hsb" ] || python3 "$SHARED/gen_scale.py" "$A/scale-db"
 [ -x "$SVM" ] || { echo "build first: cargo build --release --workspace" >&2; exit 1; }
 command -v clamd >/dev/null || { echo "needs clamd (apt-get install clamav-daemon)" >&2; exit 1; }
-rm -rf "$W" && mkdir -p "$W"/{v2,v3,clamdb,state}
-head -n 80000 "$A/scale-db/scale.hsb" > "$W/v2/scale.hsb"
-head -n 20000 "$A/scale-db/scale.ndb" > "$W/v2/scale.ndb"
-cp "$W"/v2/* "$W/v3/" && echo "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Bench.Extra" >> "$W/v3/scale.hsb"
+rm -rf "$W" && mkdir -p "$W"/{v2,v3,v3b,s2,s3,clamdb,state}
+# ClamAV's layout: a large main part that rarely changes, a small daily part that every update
+# replaces (here 90% / 10% of each kind). v3 adds one hash to daily.hsb; v3b one body signature
+# to daily.ndb. s2/s3: the same 100k signatures in one file per kind, s3 adding the one hash.
+head -n 72000 "$A/scale-db/scale.hsb" > "$W/v2/main.hsb"
+sed -n '72001,80000p' "$A/scale-db/scale.hsb" > "$W/v2/daily.hsb"
+head -n 18000 "$A/scale-db/scale.ndb" > "$W/v2/main.ndb"
+sed -n '18001,20000p' "$A/scale-db/scale.ndb" > "$W/v2/daily.ndb"
+EXTRA_HASH="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Bench.Extra"
+EXTRA_BODY="Bench.Extra.Body:0:*:62656e63682d65787472612d626f6479"
+cp "$W"/v2/* "$W/v3/" && echo "$EXTRA_HASH" >> "$W/v3/daily.hsb"
+cp "$W"/v2/* "$W/v3b/" && echo "$EXTRA_BODY" >> "$W/v3b/daily.ndb"
+head -n 80000 "$A/scale-db/scale.hsb" > "$W/s2/scale.hsb"
+head -n 20000 "$A/scale-db/scale.ndb" > "$W/s2/scale.ndb"
+cp "$W"/s2/* "$W/s3/" && echo "$EXTRA_HASH" >> "$W/s3/scale.hsb"
 cp "$W"/v2/* "$W/clamdb/"
-mkdir -p "$W/v3b" && cp "$W"/v2/* "$W/v3b/" && echo "Bench.Extra.Body:0:*:62656e63682d65787472612d626f6479" >> "$W/v3b/scale.ndb"
 "$SVM" sigs keygen -o "$W/pub" >/dev/null
-for v in 2 3 3b; do
-  "$SVM" sigs build "$W/v$v" --set-version "${v%b}" -o "$W/v$v.svmb" >/dev/null
-  "$SVM" sigs sign "$W/v$v.svmb" --key "$W/pub.key" >/dev/null
+for v in v2 v3 v3b s2 s3; do
+  n=${v#?}; n=${n%b}
+  "$SVM" sigs build "$W/$v" --set-version "$n" -o "$W/$v.svmb" >/dev/null
+  "$SVM" sigs sign "$W/$v.svmb" --key "$W/pub.key" >/dev/null
 done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
@@ -42,33 +53,40 @@ for _ in $(seq "$REPS"); do
 done
 echo "svm sigs verify (verify + compile): median $(printf '%s\n' "${t[@]}" | median) s (runs: ${t[*]})"
 
-# 2. hot swap in svm serve: v2 pushed to a daemon on the default set, then v3 over it.
+# 2. hot swap in svm serve: BASE pushed to a daemon on the default set, then NEXT over it.
 cat > "$W/svm.toml" <<CFG
 [update]
 trusted_keys = ["$W/pub.pub"]
 admin_socket = "$W/admin.sock"
 CFG
 push() { curl -s -o /dev/null -w '%{http_code}' --unix-socket "$W/admin.sock" --data-binary @"$1" http://svm/v1/signatures; }
-swap_t=(); base_r=(); one_r=(); peak_r=()
-for _ in $(seq "$REPS"); do
-  "$SVM" serve --config "$W/svm.toml" --listen "$W/svm.sock" --metrics "" 2>"$W/serve.log" &
-  pid=$!
-  for _ in $(seq 100); do [ -S "$W/admin.sock" ] && curl -sf --unix-socket "$W/admin.sock" http://svm/v1/signatures >/dev/null && break; sleep 0.1; done
-  base=$(kib "$pid" VmRSS)
-  [ "$(push "$W/v2.svmb")" = 200 ] || { echo "push v2 failed" >&2; exit 1; }
-  sleep 1
-  one=$(kib "$pid" VmRSS)
-  hwm0=$(kib "$pid" VmHWM)
-  s=$(now); code=$(push "$W/v3.svmb"); e=$(now)
-  [ "$code" = 200 ] || { echo "push v3 failed: $code" >&2; exit 1; }
-  peak=$(kib "$pid" VmHWM)
-  swap_t+=("$(echo "$e - $s" | bc)"); base_r+=("$base"); one_r+=("$one"); peak_r+=("$peak")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-done
-b=$(printf '%s\n' "${base_r[@]}" | median); o=$(printf '%s\n' "${one_r[@]}" | median); p=$(printf '%s\n' "${peak_r[@]}" | median)
-echo "svm serve swap v2 -> v3 (POST to swapped): median $(printf '%s\n' "${swap_t[@]}" | median) s (runs: ${swap_t[*]})"
-echo "svm serve RSS: default set $((b / 1024)) MiB; with the 100k set $((o / 1024)) MiB; peak during the swap $((p / 1024)) MiB"
-awk -v b="$b" -v o="$o" -v p="$p" 'BEGIN { printf "svm set memory: steady %.1f MiB, peak during swap %.1f MiB: %.2fx one set\n", (o-b)/1024, (p-b)/1024, (p-b)/(o-b) }'
+swap() {
+  local base=$1 next=$2 what=$3
+  local swap_t=() base_r=() one_r=() peak_r=()
+  for _ in $(seq "$REPS"); do
+    "$SVM" serve --config "$W/svm.toml" --listen "$W/svm.sock" --metrics "" 2>"$W/serve.log" &
+    pid=$!
+    for _ in $(seq 100); do [ -S "$W/admin.sock" ] && curl -sf --unix-socket "$W/admin.sock" http://svm/v1/signatures >/dev/null && break; sleep 0.1; done
+    b0=$(kib "$pid" VmRSS)
+    [ "$(push "$W/$base.svmb")" = 200 ] || { echo "push $base failed" >&2; exit 1; }
+    sleep 1
+    one=$(kib "$pid" VmRSS)
+    # The high-water mark from here on is the swap's alone.
+    echo 5 > "/proc/$pid/clear_refs"
+    s=$(now); code=$(push "$W/$next.svmb"); e=$(now)
+    [ "$code" = 200 ] || { echo "push $next failed: $code" >&2; exit 1; }
+    peak=$(kib "$pid" VmHWM)
+    swap_t+=("$(echo "$e - $s" | bc)"); base_r+=("$b0"); one_r+=("$one"); peak_r+=("$peak")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+  b=$(printf '%s\n' "${base_r[@]}" | median); o=$(printf '%s\n' "${one_r[@]}" | median); p=$(printf '%s\n' "${peak_r[@]}" | median)
+  echo "swap $base -> $next ($what): POST to swapped median $(printf '%s\n' "${swap_t[@]}" | median) s (runs: ${swap_t[*]})"
+  echo "  RSS: default set $((b / 1024)) MiB; with the 100k set $((o / 1024)) MiB; peak during the swap $((p / 1024)) MiB"
+  awk -v b="$b" -v o="$o" -v p="$p" 'BEGIN { printf "  set memory: steady %.1f MiB, peak during swap %.1f MiB: %.2fx one set\n", (o-b)/1024, (p-b)/1024, (p-b)/(o-b) }'
+}
+swap v2 v3 "main/daily, one hash added to daily.hsb"
+swap v2 v3b "main/daily, one body signature added to daily.ndb"
+swap s2 s3 "one file per kind, one hash added to it"
 
 # 3. clamd RELOAD of the same signatures.
 cat > "$W/clamd.conf" <<CFG

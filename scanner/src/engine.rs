@@ -2,7 +2,7 @@
 
 use crate::verify::{verify, verify_anchored};
 use md5::Digest;
-use signatures::{HashTables, Offset, SignatureSet, Target};
+use signatures::{HashIndex, HashKind, Offset, SignatureSet, Target};
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -219,7 +219,7 @@ impl<'s> Scanner<'s> {
         let deadline = Instant::now() + self.limits.max_scan_time;
         let mut matches = Vec::new();
         if !self.memory {
-            hash_matches(self.set, self.set.hashes(), data, &mut matches);
+            hash_matches(self.set.hashes(), data, &mut matches);
         }
         if self.body_matches(data, deadline, &mut matches).is_err() {
             return self.timed_out();
@@ -234,7 +234,7 @@ impl<'s> Scanner<'s> {
         let allow = self.set.allow_list();
         if !allow.is_empty() && !self.memory {
             let mut listed = Vec::new();
-            hash_matches(self.set, allow, data, &mut listed);
+            hash_matches(allow, data, &mut listed);
             if !listed.is_empty() {
                 return ScanResult::Clean;
             }
@@ -511,7 +511,7 @@ impl<'s> Scanner<'s> {
 
 /// Look `data` up in hash tables, hashing only with the algorithms that have a signature of
 /// this size.
-fn hash_matches(set: &SignatureSet, tables: &HashTables, data: &[u8], out: &mut Vec<Match>) {
+fn hash_matches(tables: &HashIndex, data: &[u8], out: &mut Vec<Match>) {
     if tables.is_empty() {
         return;
     }
@@ -519,15 +519,23 @@ fn hash_matches(set: &SignatureSet, tables: &HashTables, data: &[u8], out: &mut 
     let [md5_w, sha1_w, sha256_w] = tables.wanted(size);
     if md5_w {
         let d: [u8; 16] = md5::Md5::digest(data).into();
-        push_names(set, tables.md5.lookup(size, &d), MatchKind::Md5, out);
+        push_names(tables.lookup(HashKind::Md5, size, &d), MatchKind::Md5, out);
     }
     if sha1_w {
         let d: [u8; 20] = sha1::Sha1::digest(data).into();
-        push_names(set, tables.sha1.lookup(size, &d), MatchKind::Sha1, out);
+        push_names(
+            tables.lookup(HashKind::Sha1, size, &d),
+            MatchKind::Sha1,
+            out,
+        );
     }
     if sha256_w {
         let d: [u8; 32] = sha2::Sha256::digest(data).into();
-        push_names(set, tables.sha256.lookup(size, &d), MatchKind::Sha256, out);
+        push_names(
+            tables.lookup(HashKind::Sha256, size, &d),
+            MatchKind::Sha256,
+            out,
+        );
     }
 }
 
@@ -541,12 +549,15 @@ pub fn hash_lookup(
     sha1: &[u8; 20],
     sha256: &[u8; 32],
 ) -> Vec<Match> {
-    let lookup = |tables: &HashTables, out: &mut Vec<Match>| {
-        push_names(set, tables.md5.lookup(size, md5), MatchKind::Md5, out);
-        push_names(set, tables.sha1.lookup(size, sha1), MatchKind::Sha1, out);
+    let lookup = |tables: &HashIndex, out: &mut Vec<Match>| {
+        push_names(tables.lookup(HashKind::Md5, size, md5), MatchKind::Md5, out);
         push_names(
-            set,
-            tables.sha256.lookup(size, sha256),
+            tables.lookup(HashKind::Sha1, size, sha1),
+            MatchKind::Sha1,
+            out,
+        );
+        push_names(
+            tables.lookup(HashKind::Sha256, size, sha256),
             MatchKind::Sha256,
             out,
         );
@@ -563,9 +574,8 @@ pub fn hash_lookup(
     out
 }
 
-fn push_names(set: &SignatureSet, ids: Vec<u32>, kind: MatchKind, out: &mut Vec<Match>) {
-    for id in ids {
-        let name = set.name(id);
+fn push_names(names: Vec<&str>, kind: MatchKind, out: &mut Vec<Match>) {
+    for name in names {
         if !out.iter().any(|m| m.name == name) {
             out.push(Match {
                 name: name.to_owned(),

@@ -373,6 +373,43 @@ pub fn verify(
     trusted: &[PublicKey],
     limits: &Limits,
 ) -> Result<Verified, BundleError> {
+    let opened = open(data, trusted, limits)?;
+    let mut files = Vec::with_capacity(opened.manifest.files.len());
+    for (i, f) in opened.manifest.files.iter().enumerate() {
+        let mut r = opened.file(i)?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out)
+            .map_err(|e| BundleError::Corrupt(e.to_string()))?;
+        r.finish()?;
+        files.push((f.name.clone(), out));
+    }
+    Ok(Verified {
+        manifest: opened.manifest,
+        key: opened.key,
+        files,
+    })
+}
+
+/// A bundle whose signature, manifest and payload digest are verified, with its files not
+/// inflated yet: each is read in turn through [`Opened::file`], so a consumer keeps only the
+/// files it needs in memory (and those only as long as it parses them).
+#[derive(Debug)]
+pub struct Opened<'a> {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The publisher key that verified.
+    pub key: PublicKey,
+    /// Each file's packed bytes, in manifest order.
+    packed: Vec<&'a [u8]>,
+}
+
+/// Verify everything but the files' inflated bytes: the caps, the signature, the manifest,
+/// the payload's size and digest. Nothing is inflated.
+pub fn open<'a>(
+    data: &'a [u8],
+    trusted: &[PublicKey],
+    limits: &Limits,
+) -> Result<Opened<'a>, BundleError> {
     let p = split(data, limits.max_bundle)?;
     if p.sig == [0; SIG_LEN] {
         return Err(BundleError::Unsigned);
@@ -421,47 +458,101 @@ pub fn verify(
         ));
     }
     check_payload(&m, p.payload)?;
-    let mut files = Vec::with_capacity(m.files.len());
+    let mut packed = Vec::with_capacity(m.files.len());
     let mut at = 0usize;
     for f in &m.files {
         let n =
             usize::try_from(f.packed_size).map_err(|_| BundleError::TooLarge(f.name.clone()))?;
-        let packed = p
-            .payload
-            .get(at..at.saturating_add(n))
-            .ok_or_else(|| BundleError::Corrupt(format!("{}: outside the payload", f.name)))?;
+        packed.push(
+            p.payload
+                .get(at..at.saturating_add(n))
+                .ok_or_else(|| BundleError::Corrupt(format!("{}: outside the payload", f.name)))?,
+        );
         at += n;
-        let mut out = Vec::new();
-        flate2::read::DeflateDecoder::new(packed)
-            .take(f.size.saturating_add(1))
-            .read_to_end(&mut out)
-            .map_err(|e| BundleError::Corrupt(format!("{}: {e}", f.name)))?;
-        if out.len() as u64 != f.size {
-            return Err(BundleError::Corrupt(format!(
-                "{}: inflates to {}{} bytes, the manifest says {}",
-                f.name,
-                if out.len() as u64 > f.size {
-                    "more than "
-                } else {
-                    ""
-                },
-                out.len().min(usize::try_from(f.size).unwrap_or(usize::MAX)),
-                f.size
-            )));
-        }
-        if hex::encode(sha2::Sha256::digest(&out)) != f.sha256 {
-            return Err(BundleError::Corrupt(format!(
-                "{}: SHA-256 mismatch",
-                f.name
-            )));
-        }
-        files.push((f.name.clone(), out));
     }
-    Ok(Verified {
+    Ok(Opened {
         manifest: m,
         key,
-        files,
+        packed,
     })
+}
+
+impl<'a> Opened<'a> {
+    /// A reader over file `i`'s inflated bytes.
+    pub fn file(&self, i: usize) -> Result<FileReader<'a>, BundleError> {
+        let (Some(entry), Some(packed)) = (self.manifest.files.get(i), self.packed.get(i)) else {
+            return Err(BundleError::Format(format!("no file {i}")));
+        };
+        let expected = hex::decode(&entry.sha256)
+            .ok()
+            .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            .ok_or_else(|| BundleError::Corrupt(format!("{}: bad SHA-256", entry.name)))?;
+        Ok(FileReader {
+            name: entry.name.clone(),
+            inner: flate2::read::DeflateDecoder::new(*packed).take(entry.size.saturating_add(1)),
+            sha: sha2::Sha256::new(),
+            read: 0,
+            size: entry.size,
+            expected,
+        })
+    }
+}
+
+/// The inflated bytes of one bundle file, hashed and counted as they are read; the size is a
+/// hard limit (a read beyond it fails), and [`FileReader::finish`] checks size and SHA-256.
+pub struct FileReader<'a> {
+    name: String,
+    inner: std::io::Take<flate2::read::DeflateDecoder<&'a [u8]>>,
+    sha: sha2::Sha256,
+    read: u64,
+    size: u64,
+    expected: [u8; 32],
+}
+
+impl std::fmt::Debug for FileReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader")
+            .field("name", &self.name)
+            .field("read", &self.read)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(std::io::Error::other(format!(
+                "{}: inflates to more than the {} bytes the manifest says",
+                self.name, self.size
+            )));
+        }
+        self.sha.update(buf.get(..n).unwrap_or(&[]));
+        Ok(n)
+    }
+}
+
+impl FileReader<'_> {
+    /// Read what is left, then check the size and the SHA-256 against the manifest.
+    pub fn finish(mut self) -> Result<(), BundleError> {
+        std::io::copy(&mut self, &mut std::io::sink())
+            .map_err(|e| BundleError::Corrupt(e.to_string()))?;
+        if self.read != self.size {
+            return Err(BundleError::Corrupt(format!(
+                "{}: inflates to {} bytes, the manifest says {}",
+                self.name, self.read, self.size
+            )));
+        }
+        if <[u8; 32]>::from(self.sha.finalize()) != self.expected {
+            return Err(BundleError::Corrupt(format!(
+                "{}: SHA-256 mismatch",
+                self.name
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -455,3 +455,88 @@ impl HashTables {
         self.md5.heap_bytes() + self.sha1.heap_bytes() + self.sha256.heap_bytes()
     }
 }
+
+/// The hash signatures of one source file: its names and tables. Immutable once built, and
+/// shared (`Arc`) by every set version that holds the same file.
+#[derive(Debug, Default)]
+pub struct HashLayer {
+    pub(crate) names: NameArena,
+    pub(crate) tables: HashTables,
+    /// Signatures removed from this layer by the ignore list.
+    pub(crate) ignored: u64,
+    /// Lines of kinds not supported yet, per kind.
+    pub(crate) skipped: std::collections::BTreeMap<&'static str, u64>,
+    /// The source's name and content key, when it was added with one.
+    pub(crate) key: Option<(String, [u8; 32])>,
+}
+
+impl HashLayer {
+    /// The tables.
+    pub fn tables(&self) -> &HashTables {
+        &self.tables
+    }
+    /// The name behind a handle of this layer's tables.
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id)
+    }
+    fn heap_bytes(&self) -> usize {
+        self.names.heap_bytes() + self.tables.heap_bytes()
+    }
+}
+
+/// Hash signatures of every source, one [`HashLayer`] per file, so that a new set version
+/// shares the layers of the files it did not change. A lookup asks each layer (a handful of
+/// binary searches), and returns signature names.
+#[derive(Debug, Default, Clone)]
+pub struct HashIndex {
+    pub(crate) layers: Vec<std::sync::Arc<HashLayer>>,
+}
+
+impl HashIndex {
+    /// The layers, in load order.
+    pub fn layers(&self) -> &[std::sync::Arc<HashLayer>] {
+        &self.layers
+    }
+    /// Total signatures.
+    pub fn len(&self) -> usize {
+        self.layers.iter().map(|l| l.tables.len()).sum()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.layers.iter().all(|l| l.tables.is_empty())
+    }
+    /// Which algorithms a file of `size` bytes must be hashed with.
+    pub fn wanted(&self, size: u64) -> [bool; 3] {
+        self.layers.iter().fold([false; 3], |acc, l| {
+            let w = l.tables.wanted(size);
+            [acc[0] || w[0], acc[1] || w[1], acc[2] || w[2]]
+        })
+    }
+    /// Names of the signatures of `kind` matching content of `size` bytes with `digest`
+    /// (`digest` holds at least [`HashKind::len`] bytes).
+    pub fn lookup(&self, kind: HashKind, size: u64, digest: &[u8]) -> Vec<&str> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            let ids = match kind {
+                HashKind::Md5 => fixed(digest).map(|d| l.tables.md5.lookup(size, &d)),
+                HashKind::Sha1 => fixed(digest).map(|d| l.tables.sha1.lookup(size, &d)),
+                HashKind::Sha256 => fixed(digest).map(|d| l.tables.sha256.lookup(size, &d)),
+            };
+            out.extend(
+                ids.unwrap_or_default()
+                    .into_iter()
+                    .map(|id| l.names.get(id)),
+            );
+        }
+        out
+    }
+    /// Heap bytes of the layers (shared layers counted once per index).
+    pub fn heap_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.heap_bytes()).sum()
+    }
+}
+
+/// The first `N` bytes of a digest.
+fn fixed<const N: usize>(d: &[u8]) -> Option<[u8; N]> {
+    d.get(..N).and_then(|b| b.try_into().ok())
+}

@@ -49,7 +49,7 @@ pub use body::{
     parse_pattern, BodySig, ByteSet, Gap, Offset, Pattern, Segment, Target, Tok, MAX_ATOM, MAX_JUMP,
 };
 pub use error::{ErrorCode, LoadError, ParseError};
-pub use hash::{HashKind, HashTable, HashTables, FLEVEL};
+pub use hash::{HashIndex, HashKind, HashLayer, HashTable, HashTables, FLEVEL};
 pub use loader::{LoadOptions, Loader, MAX_CONTAINER_BYTES};
 pub use set::{AtomFilter, AtomRef, AtomTable, BodyDb, Counts, SignatureSet};
 

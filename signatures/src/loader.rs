@@ -3,13 +3,14 @@
 
 use crate::body::{parse_ndb_line, BodySig};
 use crate::error::{ErrorCode, LineError, LoadError, ParseError};
-use crate::hash::{parse_hash_line, HashKind, HashTables, NameArena, FLEVEL};
+use crate::hash::{parse_hash_line, HashIndex, HashKind, HashLayer, FLEVEL};
 use crate::lines::{parse_lines, Input, Parsed};
-use crate::set::{BodyDb, Counts, SignatureSet};
-use std::collections::{BTreeMap, HashSet};
+use crate::set::{BodyDb, BodyPart, Counts, SignatureSet, SourceKey};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 /// How a load treats problems.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,15 +99,20 @@ pub const MAX_CONTAINER_BYTES: u64 = 4 << 30;
 #[derive(Debug)]
 pub struct Loader {
     opts: LoadOptions,
-    names: NameArena,
-    hashes: HashTables,
-    allow: HashTables,
+    /// Hash layers in load order, with whether each is an allow-list.
+    layers: Vec<(Layer, bool)>,
     bodies: Vec<BodySig>,
+    /// Parts of a previous set that this one may share ([`Loader::share_with`]).
+    shared: Shared,
+    keys: Vec<(String, Option<[u8; 32]>)>,
+    /// Set while a keyed source is parsed: the layer it fills gets this key.
+    current_key: Option<SourceKey>,
     #[cfg(feature = "yara")]
     yara: Option<yara_x::Compiler<'static>>,
     ignored: HashSet<String>,
     errors: Vec<ParseError>,
     skipped: BTreeMap<&'static str, u64>,
+    body_skipped: BTreeMap<&'static str, u64>,
     counts: Counts,
     digest: blake3::Hasher,
     sources: Vec<String>,
@@ -117,15 +123,17 @@ impl Loader {
     pub fn new(opts: LoadOptions) -> Self {
         Loader {
             opts,
-            names: NameArena::default(),
-            hashes: HashTables::default(),
-            allow: HashTables::default(),
+            layers: Vec::new(),
             bodies: Vec::new(),
+            shared: Shared::default(),
+            keys: Vec::new(),
+            current_key: None,
             #[cfg(feature = "yara")]
             yara: None,
             ignored: HashSet::new(),
             errors: Vec::new(),
             skipped: BTreeMap::new(),
+            body_skipped: BTreeMap::new(),
             counts: Counts::default(),
             digest: blake3::Hasher::new(),
             sources: Vec::new(),
@@ -201,8 +209,7 @@ impl Loader {
     }
 
     fn add_reader(&mut self, name: &str, mut reader: Input<'_>, size_hint: u64) -> io::Result<()> {
-        let base = name.rsplit(['/', '\\', ':']).next().unwrap_or(name);
-        let Some(kind) = kind_of(base) else {
+        let Some(kind) = kind_of(base_name(name)) else {
             self.errors.push(
                 LineError::new(
                     0,
@@ -216,6 +223,9 @@ impl Loader {
         self.sources.push(name.to_owned());
         self.digest.update(name.as_bytes());
         self.digest.update(&[0]);
+        if self.current_key.is_none() {
+            self.keys.push((name.to_owned(), None));
+        }
         match kind {
             DbKind::Hash { md5_only } | DbKind::Allow { md5_only } => {
                 let allow = matches!(kind, DbKind::Allow { .. });
@@ -275,11 +285,15 @@ impl Loader {
         allow: bool,
         size_hint: u64,
     ) -> io::Result<()> {
-        // Reserve once from the file size (a SHA-256 line is at least ~70 bytes) so that
-        // millions of entries never go through doubling reallocations.
+        // One layer per file. Reserve once from the file size (a SHA-256 line is at least ~70
+        // bytes) so that millions of entries never go through doubling reallocations.
+        let mut layer = HashLayer {
+            key: self.current_key.clone(),
+            ..HashLayer::default()
+        };
         if size_hint > 1 << 20 && !allow {
             let est = usize::try_from(size_hint / 72).unwrap_or(0);
-            self.hashes.reserve(
+            layer.tables.reserve(
                 if md5_only {
                     HashKind::Md5
                 } else {
@@ -287,20 +301,22 @@ impl Loader {
                 },
                 est,
             );
-            self.names
+            layer
+                .names
                 .reserve(usize::try_from(size_hint / 5).unwrap_or(0));
         }
         let Self {
-            names,
-            hashes,
-            allow: allow_t,
             errors,
-            skipped,
             counts,
             digest,
             ..
         } = self;
-        let table = if allow { allow_t } else { hashes };
+        let HashLayer {
+            names,
+            tables: table,
+            skipped,
+            ..
+        } = &mut layer;
         let mut arena_full = false;
         parse_lines(
             reader,
@@ -335,6 +351,7 @@ impl Loader {
         if arena_full {
             return Err(io::Error::other("more than 4 GiB of signature names"));
         }
+        self.layers.push((Layer::Fresh(Box::new(layer)), allow));
         Ok(())
     }
 
@@ -347,7 +364,7 @@ impl Loader {
         let Self {
             bodies,
             errors,
-            skipped,
+            body_skipped: skipped,
             counts,
             digest,
             ..
@@ -573,6 +590,113 @@ impl Loader {
         &self.errors
     }
 
+    /// Share the compiled parts of `prev` (a previous version of the set) for the sources
+    /// about to be added with [`Loader::add_keyed`]: `sources` lists all of them, in order,
+    /// with their content keys (a bundle manifest's SHA-256). A hash file whose name and key
+    /// match one of `prev`'s is not parsed again, nor are the body signatures or YARA rules
+    /// when all of their files match; [`Loader::needs_bytes`] then answers `false` for them.
+    /// Nothing is shared when an ignore list (`.ign2`) differs, or a container is involved.
+    pub fn share_with(&mut self, prev: &SignatureSet, sources: &[(String, [u8; 32])]) {
+        let keyed: Option<Vec<SourceKey>> = prev
+            .keys
+            .iter()
+            .map(|(n, k)| k.map(|k| (n.clone(), k)))
+            .collect();
+        let Some(old) = keyed else {
+            return;
+        };
+        let of = |list: &[SourceKey], want: fn(DbKind) -> bool| -> Vec<SourceKey> {
+            list.iter()
+                .filter(|(n, _)| kind_of(base_name(n)).is_some_and(want))
+                .cloned()
+                .collect()
+        };
+        let is_ign = |k: DbKind| k == DbKind::Ign2;
+        let is_container = |k: DbKind| k == DbKind::Container;
+        let is_body = |k: DbKind| k == DbKind::Ndb;
+        let is_yara = |k: DbKind| k == DbKind::Yara;
+        if of(&old, is_ign) != of(sources, is_ign)
+            || !of(&old, is_container).is_empty()
+            || !of(sources, is_container).is_empty()
+        {
+            return;
+        }
+        self.shared = Shared {
+            layers: prev
+                .hashes
+                .layers
+                .iter()
+                .map(|l| (l, false))
+                .chain(prev.allow.layers.iter().map(|l| (l, true)))
+                .filter_map(|(l, allow)| Some((l.key.clone()?, (l.clone(), allow))))
+                .collect(),
+            bodies: (of(&old, is_body) == of(sources, is_body)).then(|| prev.bodies.clone()),
+            #[cfg(feature = "yara")]
+            yara: (of(&old, is_yara) == of(sources, is_yara)).then(|| prev.yara.clone()),
+        };
+        #[cfg(not(feature = "yara"))]
+        let _ = is_yara;
+    }
+
+    /// Whether a source announced to [`Loader::share_with`] must be read: `false` when its
+    /// compiled form is shared with the previous set.
+    pub fn needs_bytes(&self, name: &str, key: &[u8; 32]) -> bool {
+        match kind_of(base_name(name)) {
+            Some(DbKind::Hash { .. } | DbKind::Allow { .. }) => {
+                !self.shared.layers.contains_key(&(name.to_owned(), *key))
+            }
+            Some(DbKind::Ndb) => self.shared.bodies.is_none(),
+            #[cfg(feature = "yara")]
+            Some(DbKind::Yara) => self.shared.yara.is_none(),
+            _ => true,
+        }
+    }
+
+    /// Add a source known by a content key (its SHA-256): `data` is read unless
+    /// [`Loader::needs_bytes`] said it is shared, in which case it may be `None`.
+    pub fn add_keyed(
+        &mut self,
+        name: &str,
+        key: [u8; 32],
+        data: Option<&mut (dyn Read + Send)>,
+        size_hint: u64,
+    ) -> Result<(), LoadError> {
+        self.keys.push((name.to_owned(), Some(key)));
+        let io_err = |e: io::Error| LoadError::Io {
+            path: name.into(),
+            source: e,
+        };
+        if !self.needs_bytes(name, &key) {
+            self.sources.push(name.to_owned());
+            self.digest_key(name, &key);
+            if let Some((layer, allow)) = self.shared.layers.get(&(name.to_owned(), key)) {
+                self.layers.push((Layer::Shared(layer.clone()), *allow));
+            }
+            return Ok(());
+        }
+        let Some(data) = data else {
+            return Err(io_err(io::Error::other("its bytes are needed")));
+        };
+        let outer = std::mem::take(&mut self.digest);
+        self.current_key = Some((name.to_owned(), key));
+        let r = self.add_reader(
+            name,
+            Input::Shared(&mut BufReader::with_capacity(1 << 16, data)),
+            size_hint,
+        );
+        self.current_key = None;
+        self.digest = outer;
+        self.digest_key(name, &key);
+        r.map_err(io_err)
+    }
+
+    /// The set digest covers a keyed source by its name and key.
+    fn digest_key(&mut self, name: &str, key: &[u8; 32]) {
+        self.digest.update(name.as_bytes());
+        self.digest.update(&[0]);
+        self.digest.update(key);
+    }
+
     /// Compile everything added into an immutable set.
     pub fn build(mut self) -> Result<SignatureSet, LoadError> {
         let invalid = self.errors.len() as u64;
@@ -584,29 +708,72 @@ impl Loader {
         for e in &self.errors {
             tracing::warn!("skipped: {e}");
         }
-        // Apply the ignore list.
-        if !self.ignored.is_empty() {
-            let names = &self.names;
-            let ignored = &self.ignored;
-            let before = self.hashes.len() + self.bodies.len();
-            self.hashes.retain(|id| !ignored.contains(names.get(id)));
-            self.bodies.retain(|b| !ignored.contains(&b.name));
-            let after = self.hashes.len() + self.bodies.len();
-            self.counts.ignored_sigs = (before - after) as u64;
-            self.counts.md5 = self.hashes.md5.len() as u64;
-            self.counts.sha1 = self.hashes.sha1.len() as u64;
-            self.counts.sha256 = self.hashes.sha256.len() as u64;
-            self.counts.body = self.bodies.len() as u64;
+        let ignored = &self.ignored;
+        let (mut hashes, mut allow) = (HashIndex::default(), HashIndex::default());
+        for (layer, is_allow) in std::mem::take(&mut self.layers) {
+            let layer = match layer {
+                Layer::Shared(l) => l,
+                Layer::Fresh(mut l) => {
+                    if !is_allow && !ignored.is_empty() {
+                        let before = l.tables.len();
+                        let names = &l.names;
+                        l.tables.retain(|id| !ignored.contains(names.get(id)));
+                        l.ignored = (before - l.tables.len()) as u64;
+                    }
+                    l.tables.finish();
+                    l.names.shrink();
+                    Arc::from(l)
+                }
+            };
+            if is_allow {
+                allow.layers.push(layer);
+            } else {
+                hashes.layers.push(layer);
+            }
         }
-        self.hashes.finish();
-        self.allow.finish();
-        self.names.shrink();
-        let bodies = BodyDb::build(std::mem::take(&mut self.bodies));
+        let bodies = match self.shared.bodies.take() {
+            Some(b) if self.bodies.is_empty() => b,
+            _ => {
+                let mut sigs = std::mem::take(&mut self.bodies);
+                let before = sigs.len();
+                if !ignored.is_empty() {
+                    sigs.retain(|b| !ignored.contains(&b.name));
+                }
+                Arc::new(BodyPart {
+                    ignored: (before - sigs.len()) as u64,
+                    db: BodyDb::build(sigs),
+                    skipped: std::mem::take(&mut self.body_skipped),
+                })
+            }
+        };
         #[cfg(feature = "yara")]
-        let yara = self.yara.take().map(yara_x::Compiler::build);
+        let yara = match (self.shared.yara.take(), self.yara.take()) {
+            (Some(shared), None) => shared,
+            (_, compiler) => compiler.map(|c| Arc::new(crate::set::YaraPart { rules: c.build() })),
+        };
+        // Counts over the parts, shared or not.
+        let c = &mut self.counts;
+        let sum = |ix: &HashIndex, f: fn(&crate::hash::HashTables) -> usize| {
+            ix.layers.iter().map(|l| f(&l.tables) as u64).sum::<u64>()
+        };
+        c.md5 = sum(&hashes, |t| t.md5.len());
+        c.sha1 = sum(&hashes, |t| t.sha1.len());
+        c.sha256 = sum(&hashes, |t| t.sha256.len());
+        c.allow = sum(&allow, |t| t.len());
+        c.body = bodies.db.len() as u64;
+        c.ignored_sigs = bodies.ignored + hashes.layers.iter().map(|l| l.ignored).sum::<u64>();
         #[cfg(feature = "yara")]
-        if let Some(rules) = &yara {
-            self.counts.yara = rules.iter().count() as u64;
+        {
+            c.yara = yara.as_ref().map_or(0, |y| y.rules.iter().count() as u64);
+        }
+        for (k, n) in hashes
+            .layers
+            .iter()
+            .chain(&allow.layers)
+            .flat_map(|l| l.skipped.iter())
+            .chain(bodies.skipped.iter())
+        {
+            *self.skipped.entry(k).or_default() += n;
         }
         if self.counts.detection_total() == 0 {
             let mut what = if self.sources.is_empty() {
@@ -628,9 +795,8 @@ impl Loader {
             return Err(LoadError::Empty(what));
         }
         Ok(SignatureSet {
-            names: self.names,
-            hashes: self.hashes,
-            allow: self.allow,
+            hashes,
+            allow,
             bodies,
             #[cfg(feature = "yara")]
             yara,
@@ -640,8 +806,30 @@ impl Loader {
             invalid_skipped: invalid,
             digest: *self.digest.finalize().as_bytes(),
             sources: self.sources,
+            keys: self.keys,
         })
     }
+}
+
+/// A hash layer of the set being built: parsed now, or shared with the previous set.
+#[derive(Debug)]
+enum Layer {
+    Fresh(Box<HashLayer>),
+    Shared(Arc<HashLayer>),
+}
+
+/// What [`Loader::share_with`] found reusable in the previous set.
+#[derive(Debug, Default)]
+struct Shared {
+    layers: HashMap<SourceKey, (Arc<HashLayer>, bool)>,
+    bodies: Option<Arc<BodyPart>>,
+    #[cfg(feature = "yara")]
+    yara: Option<Option<Arc<crate::set::YaraPart>>>,
+}
+
+/// The file name at the end of a source name (`dir/x.hsb`, `a.cvd:x.hsb`).
+fn base_name(name: &str) -> &str {
+    name.rsplit(['/', '\\', ':']).next().unwrap_or(name)
 }
 
 #[cfg(feature = "yara")]

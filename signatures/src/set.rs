@@ -1,9 +1,10 @@
 //! The immutable, compiled [`SignatureSet`].
 
 use crate::body::{BodySig, Target};
-use crate::hash::{HashTables, NameArena};
+use crate::hash::HashIndex;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Where an atom sits in a body signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,44 +376,85 @@ impl Counts {
     }
 }
 
+/// A source's name and content key (the SHA-256 a bundle's manifest gives it).
+pub(crate) type SourceKey = (String, [u8; 32]);
+
+/// The compiled body signatures with what loading them counted, shared between set versions
+/// whose body sources (`.ndb`, containers) and ignore lists are the same.
+#[derive(Debug, Default)]
+pub(crate) struct BodyPart {
+    pub(crate) db: BodyDb,
+    pub(crate) ignored: u64,
+    pub(crate) skipped: BTreeMap<&'static str, u64>,
+}
+
+/// Compiled YARA rules, shared like [`BodyPart`].
+#[cfg(feature = "yara")]
+#[derive(Debug)]
+pub(crate) struct YaraPart {
+    pub(crate) rules: yara_x::Rules,
+}
+
 /// An immutable, compiled signature set. `Send + Sync`: share it with `Arc` across workers.
+///
+/// Its parts (the hash tables of each file, the body signatures, the YARA rules) are held by
+/// `Arc`: a set built with [`Loader::share_with`](crate::Loader::share_with) shares the parts
+/// whose files did not change with the previous version, so an update costs the memory of
+/// what changed, not of a second set.
 #[derive(Debug)]
 pub struct SignatureSet {
-    pub(crate) names: NameArena,
-    pub(crate) hashes: HashTables,
-    pub(crate) allow: HashTables,
-    pub(crate) bodies: BodyDb,
+    pub(crate) hashes: HashIndex,
+    pub(crate) allow: HashIndex,
+    pub(crate) bodies: Arc<BodyPart>,
     #[cfg(feature = "yara")]
-    pub(crate) yara: Option<yara_x::Rules>,
+    pub(crate) yara: Option<Arc<YaraPart>>,
     pub(crate) ignored: HashSet<String>,
     pub(crate) counts: Counts,
     pub(crate) skipped: BTreeMap<&'static str, u64>,
     pub(crate) invalid_skipped: u64,
     pub(crate) digest: [u8; 32],
     pub(crate) sources: Vec<String>,
+    /// Every source with a content key, in load order (`None`: added without one).
+    pub(crate) keys: Vec<(String, Option<[u8; 32]>)>,
 }
 
 impl SignatureSet {
     /// The hash signatures.
-    pub fn hashes(&self) -> &HashTables {
+    pub fn hashes(&self) -> &HashIndex {
         &self.hashes
     }
     /// The allow-list (`.fp`/`.sfp`): a listed file is clean whatever else matches.
-    pub fn allow_list(&self) -> &HashTables {
+    pub fn allow_list(&self) -> &HashIndex {
         &self.allow
     }
     /// The body signatures.
     pub fn bodies(&self) -> &BodyDb {
-        &self.bodies
+        &self.bodies.db
     }
     /// The compiled YARA rules, if any were loaded.
     #[cfg(feature = "yara")]
     pub fn yara_rules(&self) -> Option<&yara_x::Rules> {
-        self.yara.as_ref()
+        self.yara.as_deref().map(|y| &y.rules)
     }
-    /// The name behind a hash-signature handle.
-    pub fn name(&self, id: u32) -> &str {
-        self.names.get(id)
+    /// How many of this set's parts (hash layers, body signatures, YARA rules) are the same
+    /// objects as `other`'s: shared in memory, not copies.
+    pub fn shared_parts_with(&self, other: &SignatureSet) -> usize {
+        let layers = |s: &SignatureSet| {
+            s.hashes
+                .layers
+                .iter()
+                .chain(&s.allow.layers)
+                .map(Arc::as_ptr)
+                .collect::<Vec<_>>()
+        };
+        let theirs = layers(other);
+        let mut n = layers(self).iter().filter(|p| theirs.contains(p)).count();
+        n += usize::from(Arc::ptr_eq(&self.bodies, &other.bodies) && !self.bodies.db.is_empty());
+        #[cfg(feature = "yara")]
+        if let (Some(a), Some(b)) = (&self.yara, &other.yara) {
+            n += usize::from(Arc::ptr_eq(a, b));
+        }
+        n
     }
     /// Whether `.ign2` ignores this name (used for YARA rule names).
     pub fn is_ignored(&self, name: &str) -> bool {
@@ -444,9 +486,6 @@ impl SignatureSet {
     }
     /// Approximate heap bytes held by the set (tables, names, atom index; not YARA).
     pub fn heap_bytes(&self) -> usize {
-        self.names.heap_bytes()
-            + self.hashes.heap_bytes()
-            + self.allow.heap_bytes()
-            + self.bodies.index_bytes()
+        self.hashes.heap_bytes() + self.allow.heap_bytes() + self.bodies.db.index_bytes()
     }
 }

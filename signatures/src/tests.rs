@@ -58,10 +58,10 @@ fn hdb_hsb_sizes_and_star() {
     };
     let c = set.counts();
     assert_eq!((c.md5, c.sha1, c.sha256), (1, 1, 1));
-    assert!(set.hashes().md5.wants_size(68));
-    assert!(!set.hashes().md5.wants_size(69));
+    assert!(set.hashes().wanted(68)[0]);
+    assert!(!set.hashes().wanted(69)[0]);
     // `*` sizes make every size worth hashing.
-    assert!(set.hashes().sha256.wants_size(12345));
+    assert!(set.hashes().wanted(12345)[2]);
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn huge_size_fields() {
         b"275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f:2147483648:Big\n",
     )
     .unwrap();
-    assert!(set.hashes().sha256.wants_size(2 << 30));
+    assert!(set.hashes().wanted(2 << 30)[2]);
     let e = one_error(
         "a.hsb",
         b"275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f:99999999999:Huge\n",
@@ -533,11 +533,8 @@ fn large_hash_file_parses_in_parallel_blocks_with_right_line_numbers() {
     assert_eq!(set.counts().sha256, n);
     let mut d = [0u8; 32];
     d[31] = 0x2a; // 42
-    let ids = set.hashes().sha256.lookup(100, &d); // 100 + 42 % 7
-    assert_eq!(
-        ids.iter().map(|&i| set.name(i)).collect::<Vec<_>>(),
-        vec!["Gen.42"]
-    );
+    let names = set.hashes().lookup(HashKind::Sha256, 100, &d); // 100 + 42 % 7
+    assert_eq!(names, vec!["Gen.42"]);
 }
 
 #[test]
@@ -577,4 +574,136 @@ fn large_container_member_spans_blocks_with_right_line_numbers() {
     l.add_bytes("big.cvd", &cvd).unwrap();
     let set = l.build().unwrap();
     assert_eq!(set.counts().sha256, n);
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// Build a set from keyed files, sharing with `prev` when given; returns the set and which
+/// files were read.
+fn keyed(
+    files: &[(&str, &[u8])],
+    prev: Option<&SignatureSet>,
+) -> Result<(SignatureSet, Vec<String>), LoadError> {
+    let mut l = Loader::new(LoadOptions::strict());
+    let list: Vec<(String, [u8; 32])> =
+        files.iter().map(|(n, d)| (n.to_string(), sha(d))).collect();
+    if let Some(p) = prev {
+        l.share_with(p, &list);
+    }
+    let mut read = Vec::new();
+    for (n, d) in files {
+        let key = sha(d);
+        if l.needs_bytes(n, &key) {
+            read.push(n.to_string());
+            l.add_keyed(n, key, Some(&mut &d[..]), d.len() as u64)?;
+        } else {
+            l.add_keyed(n, key, None, d.len() as u64)?;
+        }
+    }
+    Ok((l.build()?, read))
+}
+
+const MAIN_HSB: &[u8] =
+    b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:0:Main.Empty\n";
+const NDB: &[u8] = b"Main.Body:0:*:68656c6c6f20776f726c64\n";
+
+#[test]
+fn a_new_version_shares_the_parts_of_unchanged_files() {
+    let daily1: &[u8] =
+        b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:5:Daily.One\n";
+    let daily2: &[u8] = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:5:Daily.One\nbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb:7:Daily.Two\n";
+    let (v1, read1) = keyed(
+        &[
+            ("main.hsb", MAIN_HSB),
+            ("daily.hsb", daily1),
+            ("main.ndb", NDB),
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(read1.len(), 3);
+    let files2: [(&str, &[u8]); 3] = [
+        ("main.hsb", MAIN_HSB),
+        ("daily.hsb", daily2),
+        ("main.ndb", NDB),
+    ];
+    let (v2, read2) = keyed(&files2, Some(&v1)).unwrap();
+    assert_eq!(read2, vec!["daily.hsb"], "only the changed file is read");
+    // main.hsb's layer and the body signatures are the very same objects.
+    assert_eq!(v2.shared_parts_with(&v1), 2);
+    assert_eq!(v2.counts().sha256, 3);
+    assert_eq!(v2.counts().body, 1);
+    let empty = sha(b"");
+    assert_eq!(
+        v2.hashes().lookup(HashKind::Sha256, 0, &empty),
+        vec!["Main.Empty"]
+    );
+    assert_eq!(
+        v2.hashes().lookup(HashKind::Sha256, 7, &[0xbb; 32]),
+        vec!["Daily.Two"]
+    );
+    // Sharing changes nothing a scan sees: the digest is the one of a set read in full.
+    let (full, _) = keyed(&files2, None).unwrap();
+    assert_eq!(v2.digest(), full.digest());
+    assert_eq!(v2.counts(), full.counts());
+    assert_eq!(full.shared_parts_with(&v1), 0);
+}
+
+#[test]
+fn a_changed_body_file_or_ignore_list_rebuilds_what_it_affects() {
+    let ndb2: &[u8] = b"Main.Body:0:*:68656c6c6f20776f726c64\nNew.Body:0:*:6e657720626f6479\n";
+    let (v1, _) = keyed(&[("main.hsb", MAIN_HSB), ("main.ndb", NDB)], None).unwrap();
+    let (v2, read) = keyed(&[("main.hsb", MAIN_HSB), ("main.ndb", ndb2)], Some(&v1)).unwrap();
+    assert_eq!(read, vec!["main.ndb"]);
+    assert_eq!(v2.shared_parts_with(&v1), 1);
+    assert_eq!(v2.counts().body, 2);
+    // A new ignore list may drop signatures from any file: nothing is shared.
+    let ign: &[u8] = b"Main.Empty\n";
+    let (v3, read) = keyed(
+        &[
+            ("main.hsb", MAIN_HSB),
+            ("main.ndb", ndb2),
+            ("local.ign2", ign),
+        ],
+        Some(&v2),
+    )
+    .unwrap();
+    assert_eq!(read.len(), 3);
+    assert_eq!(v3.shared_parts_with(&v2), 0);
+    assert_eq!((v3.counts().sha256, v3.counts().ignored_sigs), (0, 1));
+    // With that ignore list unchanged, the next version shares again, ignore applied.
+    let (v4, read) = keyed(
+        &[
+            ("main.hsb", MAIN_HSB),
+            ("main.ndb", NDB),
+            ("local.ign2", ign),
+        ],
+        Some(&v3),
+    )
+    .unwrap();
+    assert_eq!(
+        read,
+        vec!["main.ndb", "local.ign2"],
+        "ignore lists are always read"
+    );
+    assert_eq!((v4.counts().sha256, v4.counts().ignored_sigs), (0, 1));
+    assert!(v4
+        .hashes()
+        .lookup(HashKind::Sha256, 0, &sha(b""))
+        .is_empty());
+}
+
+#[test]
+fn a_shared_source_without_its_bytes_is_refused_when_they_are_needed() {
+    let mut l = Loader::new(LoadOptions::strict());
+    let err = l.add_keyed("main.hsb", sha(MAIN_HSB), None, 0).unwrap_err();
+    assert!(err.to_string().contains("main.hsb"), "{err}");
+    // Sets loaded from paths (no keys) share nothing.
+    let plain = load("main.hsb", MAIN_HSB).unwrap();
+    let (v, read) = keyed(&[("main.hsb", MAIN_HSB)], Some(&plain)).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(v.shared_parts_with(&plain), 0);
 }

@@ -129,6 +129,40 @@ fn read_secret_key(path: &Path) -> Result<Keypair> {
 }
 
 /// Load bundle files into a set (strict: a bundle that does not load is refused).
+/// Compile a verified bundle's files, sharing with `prev` (the set in use) the compiled
+/// parts of the files this version did not change. Files are inflated one at a time, and
+/// only the ones to parse are kept while they are parsed; every file's size and SHA-256 are
+/// checked against the manifest, shared or not.
+pub fn load_opened(b: &bundle::Opened<'_>, prev: Option<&SignatureSet>) -> Result<SignatureSet> {
+    let mut loader = Loader::new(LoadOptions::strict());
+    let keys = b
+        .manifest
+        .files
+        .iter()
+        .map(|f| {
+            let key = hex::decode(&f.sha256)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .with_context(|| format!("{}: bad SHA-256 in the manifest", f.name))?;
+            Ok((f.name.clone(), key))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(prev) = prev {
+        loader.share_with(prev, &keys);
+    }
+    for (i, ((name, key), entry)) in keys.iter().zip(&b.manifest.files).enumerate() {
+        let mut r = b.file(i)?;
+        let data: Option<&mut (dyn std::io::Read + Send)> =
+            loader.needs_bytes(name, key).then_some(&mut r);
+        loader
+            .add_keyed(name, *key, data, entry.size)
+            .with_context(|| format!("loading {name}"))?;
+        r.finish()?;
+    }
+    Ok(loader.build()?)
+}
+
+/// Compile signature files held in memory.
 pub fn load_files(files: &[(String, Vec<u8>)]) -> Result<SignatureSet> {
     let mut loader = Loader::new(LoadOptions::strict());
     for (name, data) in files {
@@ -231,9 +265,9 @@ pub fn verify(input: &Path, trust: &[String], json: bool) -> Result<()> {
         bail!("no trusted key given (--trust HEX|FILE)");
     }
     let data = std::fs::read(input).with_context(|| format!("read {}", input.display()))?;
-    let v = bundle::verify(&data, &keys, &Limits::default())
+    let v = bundle::open(&data, &keys, &Limits::default())
         .with_context(|| format!("{}: refused", input.display()))?;
-    let set = load_files(&v.files).with_context(|| format!("{}: refused", input.display()))?;
+    let set = load_opened(&v, None).with_context(|| format!("{}: refused", input.display()))?;
     if json {
         println!(
             "{}",

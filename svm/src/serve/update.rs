@@ -77,8 +77,13 @@ impl std::fmt::Debug for Loaded {
     }
 }
 
-/// Verify and compile a bundle (no version check).
-pub fn load(bytes: &[u8], cfg: &UpdateConfig) -> Result<Loaded, Refusal> {
+/// Verify and compile a bundle (no version check), sharing with `prev` (the set in use) the
+/// compiled parts of the files it did not change.
+pub fn load(
+    bytes: &[u8],
+    cfg: &UpdateConfig,
+    prev: Option<&SignatureSet>,
+) -> Result<Loaded, Refusal> {
     let keys = trusted_keys(cfg).map_err(|e| refuse(500, format!("trusted_keys: {e:#}")))?;
     if keys.is_empty() {
         return Err(refuse(
@@ -86,7 +91,7 @@ pub fn load(bytes: &[u8], cfg: &UpdateConfig) -> Result<Loaded, Refusal> {
             "no trusted publisher keys are configured ([update] trusted_keys)",
         ));
     }
-    let v = bundle::verify(bytes, &keys, &limits(cfg)).map_err(|e| {
+    let v = bundle::open(bytes, &keys, &limits(cfg)).map_err(|e| {
         let status = match e {
             bundle::BundleError::TooLarge(_) => 413,
             bundle::BundleError::Unsigned | bundle::BundleError::BadSignature(_) => 403,
@@ -94,7 +99,7 @@ pub fn load(bytes: &[u8], cfg: &UpdateConfig) -> Result<Loaded, Refusal> {
         };
         refuse(status, e.to_string())
     })?;
-    let set = crate::sigs::load_files(&v.files).map_err(|e| {
+    let set = crate::sigs::load_opened(&v, prev).map_err(|e| {
         refuse(
             422,
             format!("the signatures do not load: {}", cut(&format!("{e:#}"))),
@@ -177,7 +182,7 @@ pub fn load_persisted(cfg: &UpdateConfig) -> Option<Result<Loaded, String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
     };
-    Some(load(&bytes, cfg).map_err(|r| format!("{}: {}", path.display(), r.message)))
+    Some(load(&bytes, cfg, None).map_err(|r| format!("{}: {}", path.display(), r.message)))
 }
 
 /// Temporary files of an update that crashed before its rename (never read: the old file
@@ -218,7 +223,7 @@ pub fn accept(
     let cfg = shared.config.load().cfg.update.clone();
     let current = shared.sigs.load().version;
     let res = (|| {
-        let loaded = load(bytes, &cfg)?;
+        let loaded = load(bytes, &cfg, Some(&shared.sigs.load().set))?;
         let v = loaded.version;
         if v == current {
             return Err(refuse(
