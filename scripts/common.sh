@@ -11,13 +11,16 @@ ensure_testfiles() {
   fi
 }
 
-# The packages the end-to-end tests drive: QEMU (TCG guests) and cpio (their initramfs).
-# Needs root; otherwise the guest test says it is skipped.
+# The packages the end-to-end tests drive: QEMU (TCG guests), cpio (their initramfs), and
+# curl and openssl (the admin API over TLS). Needs root; otherwise the tests that need them
+# fail or say they are skipped.
 ensure_test_packages() {
   [ "$(id -u)" = 0 ] || return 0
-  if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null; then
+  local missing=0
+  for c in qemu-system-x86_64 cpio curl openssl; do command -v "$c" >/dev/null || missing=1; done
+  if [ "$missing" = 1 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      qemu-system-x86 cpio >/dev/null
+      qemu-system-x86 cpio curl openssl ca-certificates >/dev/null
   fi
 }

@@ -564,14 +564,29 @@ pub fn hash_lookup(
     };
     let mut out = Vec::new();
     lookup(set.hashes(), &mut out);
-    if !out.is_empty() && !set.allow_list().is_empty() {
-        let mut listed = Vec::new();
-        lookup(set.allow_list(), &mut listed);
-        if !listed.is_empty() {
-            out.clear();
-        }
+    if !out.is_empty() && allow_listed(set, size, md5, sha1, sha256) {
+        out.clear();
     }
     out
+}
+
+/// Whether content known by its size and digests is on `set`'s allow-list.
+pub fn allow_listed(
+    set: &SignatureSet,
+    size: u64,
+    md5: &[u8; 16],
+    sha1: &[u8; 20],
+    sha256: &[u8; 32],
+) -> bool {
+    let a = set.allow_list();
+    !a.is_empty()
+        && [
+            a.lookup(HashKind::Md5, size, md5),
+            a.lookup(HashKind::Sha1, size, sha1),
+            a.lookup(HashKind::Sha256, size, sha256),
+        ]
+        .iter()
+        .any(|names| !names.is_empty())
 }
 
 fn push_names(names: Vec<&str>, kind: MatchKind, out: &mut Vec<Match>) {

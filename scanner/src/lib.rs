@@ -45,7 +45,7 @@ pub mod reference;
 mod verify;
 
 pub use engine::{
-    file_type_name, hash_lookup, io_error_text, FileScan, Limits, Match, MatchKind, ScanResult,
-    Scanner, UnscannedReason, BLOCK,
+    allow_listed, file_type_name, hash_lookup, io_error_text, FileScan, Limits, Match, MatchKind,
+    ScanResult, Scanner, UnscannedReason, BLOCK,
 };
 pub use signatures::SignatureSet;

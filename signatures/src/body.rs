@@ -80,7 +80,7 @@ fn is_macho(data: &[u8]) -> bool {
 }
 
 /// Where a match must start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Offset {
     /// `*`: anywhere.
     Any,
@@ -134,7 +134,7 @@ impl Offset {
 }
 
 /// A set of byte values, as a 256-bit map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ByteSet([u64; 4]);
 
 impl ByteSet {
@@ -169,7 +169,7 @@ impl ByteSet {
 pub type Member = Box<[(u8, u8)]>;
 
 /// One item of a segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Tok {
     /// Exact bytes.
     Lit(Box<[u8]>),
@@ -226,7 +226,7 @@ impl Tok {
 }
 
 /// A fixed-length run of items.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Segment {
     toks: Box<[Tok]>,
     len: usize,
@@ -273,7 +273,7 @@ impl Segment {
 }
 
 /// A variable jump between two segments: `min..=max` bytes (`max` `None` = unbounded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Gap {
     /// Fewest bytes skipped.
     pub min: u32,
@@ -282,7 +282,7 @@ pub struct Gap {
 }
 
 /// A compiled hex signature: segments separated by gaps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pattern {
     segs: Box<[Segment]>,
     gaps: Box<[Gap]>,
@@ -357,7 +357,7 @@ fn byte_weight(b: u8) -> u32 {
 }
 
 /// One parsed body signature (possibly one of several expansions of the same line).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BodySig {
     /// Signature name.
     pub name: String,

@@ -51,7 +51,7 @@ pub use body::{
 pub use error::{ErrorCode, LoadError, ParseError};
 pub use hash::{HashIndex, HashKind, HashLayer, HashTable, HashTables, FLEVEL};
 pub use loader::{LoadOptions, Loader, MAX_CONTAINER_BYTES};
-pub use set::{AtomFilter, AtomRef, AtomTable, BodyDb, Counts, SignatureSet};
+pub use set::{AtomFilter, AtomRef, AtomTable, BodyDb, Counts, Revalidation, SignatureSet};
 
 /// The default set compiled into the binary: EICAR and the ClamAV test file `clam.exe`.
 pub const DEFAULT_NDB: &str = include_str!("../data/svm-default.ndb");

@@ -395,6 +395,21 @@ pub(crate) struct YaraPart {
     pub(crate) rules: yara_x::Rules,
 }
 
+/// How a clean verdict made under an earlier set version carries over to a new one
+/// ([`SignatureSet::revalidation_since`]).
+#[derive(Debug)]
+pub enum Revalidation {
+    /// Only hash signatures may have been added: a hash lookup of the content's digests in
+    /// the new set decides, without reading the content.
+    Lookup,
+    /// A hash lookup, and a scan of the content against this set alone: the body signatures
+    /// that were added, and the YARA rules when they changed (all of them: rules are not
+    /// diffed one by one).
+    Delta(Box<SignatureSet>),
+    /// The verdict must be made again with the whole set (an allow-list entry went away).
+    Rescan,
+}
+
 /// An immutable, compiled signature set. `Send + Sync`: share it with `Arc` across workers.
 ///
 /// Its parts (the hash tables of each file, the body signatures, the YARA rules) are held by
@@ -484,6 +499,76 @@ impl SignatureSet {
     pub fn sources(&self) -> &[String] {
         &self.sources
     }
+    /// How a verdict of "clean" made under `prev` carries over to this set (see
+    /// [`Revalidation`]). Cheap when the parts are shared; otherwise one pass over `prev`'s
+    /// body signatures.
+    pub fn revalidation_since(&self, prev: &SignatureSet) -> Revalidation {
+        // An allow-list entry that is gone may turn a clean verdict infected by a signature
+        // both sets hold: such a set must rescan in full.
+        let kept = prev
+            .allow
+            .layers
+            .iter()
+            .all(|p| self.allow.layers.iter().any(|l| Arc::ptr_eq(l, p)));
+        if !kept {
+            return Revalidation::Rescan;
+        }
+        let bodies: Vec<BodySig> = if Arc::ptr_eq(&self.bodies, &prev.bodies) {
+            Vec::new()
+        } else {
+            let old: HashSet<&BodySig> = prev.bodies.db.sigs.iter().collect();
+            self.bodies
+                .db
+                .sigs
+                .iter()
+                .filter(|s| !old.contains(s))
+                .cloned()
+                .collect()
+        };
+        #[cfg(feature = "yara")]
+        let yara = match (&self.yara, &prev.yara) {
+            // Un-ignoring a rule name brings a rule back without changing the rules.
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) && self.ignored == prev.ignored => None,
+            (None, _) => None,
+            (Some(a), _) => Some(a.clone()),
+        };
+        #[cfg(not(feature = "yara"))]
+        let yara: Option<()> = None;
+        if bodies.is_empty() && yara.is_none() {
+            return Revalidation::Lookup;
+        }
+        let counts = Counts {
+            body: bodies.len() as u64,
+            #[cfg(feature = "yara")]
+            yara: yara.as_ref().map_or(0, |y| y.rules.iter().count() as u64),
+            ..Counts::default()
+        };
+        let mut digest = blake3::Hasher::new();
+        digest.update(b"added since ");
+        digest.update(&prev.digest);
+        digest.update(&self.digest);
+        Revalidation::Delta(Box::new(SignatureSet {
+            hashes: HashIndex::default(),
+            allow: HashIndex::default(),
+            bodies: Arc::new(BodyPart {
+                db: BodyDb::build(bodies),
+                ..BodyPart::default()
+            }),
+            #[cfg(feature = "yara")]
+            yara,
+            ignored: self.ignored.clone(),
+            counts,
+            skipped: BTreeMap::new(),
+            invalid_skipped: 0,
+            digest: *digest.finalize().as_bytes(),
+            sources: vec![format!(
+                "<added since {}>",
+                hex::encode(prev.digest.get(..8).unwrap_or(&[]))
+            )],
+            keys: Vec::new(),
+        }))
+    }
+
     /// Approximate heap bytes held by the set (tables, names, atom index; not YARA).
     pub fn heap_bytes(&self) -> usize {
         self.hashes.heap_bytes() + self.allow.heap_bytes() + self.bodies.db.index_bytes()

@@ -707,3 +707,52 @@ fn a_shared_source_without_its_bytes_is_refused_when_they_are_needed() {
     assert_eq!(read.len(), 1);
     assert_eq!(v.shared_parts_with(&plain), 0);
 }
+
+#[test]
+fn revalidation_tells_what_a_clean_verdict_needs_after_an_update() {
+    let ndb2: &[u8] = b"Main.Body:0:*:68656c6c6f20776f726c64\nNew.Body:0:*:6e657720626f6479\n";
+    let daily: &[u8] =
+        b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:5:Daily.One\n";
+    let (v1, _) = keyed(&[("main.hsb", MAIN_HSB), ("main.ndb", NDB)], None).unwrap();
+    // Hashes only: a lookup decides.
+    let (v2, _) = keyed(
+        &[
+            ("main.hsb", MAIN_HSB),
+            ("daily.hsb", daily),
+            ("main.ndb", NDB),
+        ],
+        Some(&v1),
+    )
+    .unwrap();
+    assert!(matches!(v2.revalidation_since(&v1), Revalidation::Lookup));
+    // A body signature added: the delta holds it alone.
+    let (v3, _) = keyed(&[("main.hsb", MAIN_HSB), ("main.ndb", ndb2)], Some(&v1)).unwrap();
+    match v3.revalidation_since(&v1) {
+        Revalidation::Delta(d) => {
+            assert_eq!(d.counts().body, 1);
+            assert_eq!(d.bodies().sigs()[0].name, "New.Body");
+            assert_eq!(d.counts().sha256, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same holds for sets read from paths (nothing shared): the diff is by content.
+    let plain1 = load("main.ndb", NDB).unwrap();
+    let plain2 = load("main.ndb", ndb2).unwrap();
+    assert!(matches!(
+        plain2.revalidation_since(&plain1),
+        Revalidation::Delta(_)
+    ));
+    assert!(
+        matches!(plain1.revalidation_since(&plain2), Revalidation::Lookup),
+        "removals need nothing"
+    );
+    // An allow-list entry gone: rescan in full.
+    let fp: &[u8] = b"44d88612fea8a8f36de82e1278abb02f:68:Allowed\n";
+    let (a1, _) = keyed(&[("main.ndb", NDB), ("local.fp", fp)], None).unwrap();
+    let (a2, _) = keyed(&[("main.ndb", NDB)], Some(&a1)).unwrap();
+    assert!(matches!(a2.revalidation_since(&a1), Revalidation::Rescan));
+    assert!(
+        matches!(a1.revalidation_since(&a2), Revalidation::Lookup),
+        "an added entry only cleans"
+    );
+}

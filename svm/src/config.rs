@@ -303,6 +303,16 @@ pub struct UpdateConfig {
     pub mirror: Option<String>,
     /// Seconds between two fetches from the mirror.
     pub mirror_interval_s: u64,
+    /// The admin API on TCP as well, `ADDR:PORT`: always TLS, always with a bearer token
+    /// (`admin_tls_cert`, `admin_tls_key` and `admin_token_file` are then required).
+    pub admin_listen: Option<String>,
+    /// The TLS certificate chain of `admin_listen`, PEM.
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The TLS private key of `admin_listen`, PEM.
+    pub admin_tls_key: Option<PathBuf>,
+    /// A file holding the bearer token that `admin_listen` clients must send
+    /// (`Authorization: Bearer TOKEN`), one word of at least 16 characters.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for UpdateConfig {
@@ -314,6 +324,10 @@ impl Default for UpdateConfig {
             max_bundle: signatures::bundle::Limits::default().max_bundle,
             mirror: None,
             mirror_interval_s: 3600,
+            admin_listen: None,
+            admin_tls_cert: None,
+            admin_tls_key: None,
+            admin_token_file: None,
         }
     }
 }

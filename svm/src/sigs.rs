@@ -201,29 +201,6 @@ fn dir_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(files)
 }
 
-/// Name → SHA-256 of the signature files given with `-d` (files, or the regular files of
-/// directories, not recursive), as a bundle's manifest lists them, so a later bundle can be
-/// compared with them. `None` for the embedded default set or when a file cannot be read.
-pub fn file_digests(paths: &[PathBuf]) -> Option<std::collections::BTreeMap<String, String>> {
-    use sha2::Digest;
-    if paths.is_empty() {
-        return None;
-    }
-    let mut out = std::collections::BTreeMap::new();
-    for p in paths {
-        let files = if p.is_dir() {
-            dir_files(p).ok()?
-        } else {
-            let name = p.file_name()?.to_string_lossy().into_owned();
-            vec![(name, std::fs::read(p).ok()?)]
-        };
-        for (name, data) in files {
-            out.insert(name, hex::encode(sha2::Sha256::digest(&data)));
-        }
-    }
-    Some(out)
-}
-
 /// `build`: the regular files of `dir` (not recursive) into an unsigned bundle.
 pub fn build(dir: &Path, set_version: u64, out: &Path) -> Result<()> {
     let files = dir_files(dir)?;

@@ -112,6 +112,10 @@ pub struct Metrics {
     pub mirror_errors: Counter,
     /// Cached clean verdicts carried to a new set version by a hash lookup (no rescan).
     pub cache_revalidated: Counter,
+    /// Cached clean contents rescanned against only the signatures added since their verdict.
+    pub cache_delta_rescans: Counter,
+    /// Clean verdicts evicted from the verdict cache (an agent may still hold them).
+    pub cache_clean_evictions: Counter,
 }
 
 impl Default for Metrics {
@@ -154,6 +158,8 @@ impl Metrics {
             updates: Family::default(),
             mirror_errors: Counter::default(),
             cache_revalidated: Counter::default(),
+            cache_delta_rescans: Counter::default(),
+            cache_clean_evictions: Counter::default(),
             mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -263,6 +269,16 @@ impl Metrics {
                 "cache_revalidated",
                 "Cached clean verdicts carried to a new signature version by a hash lookup",
                 &m.cache_revalidated,
+            ),
+            (
+                "cache_delta_rescans",
+                "Cached clean contents rescanned against only the signatures added since",
+                &m.cache_delta_rescans,
+            ),
+            (
+                "cache_clean_evictions",
+                "Clean verdicts evicted from the verdict cache",
+                &m.cache_clean_evictions,
             ),
             (
                 "mirror_errors",

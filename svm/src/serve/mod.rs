@@ -6,6 +6,7 @@
 //! dedicated threads fed by a fair priority [`sched::Scheduler`]; verdicts come back before
 //! each event's deadline or the group's fallback policy answers.
 
+pub mod admin_tls;
 pub mod audit;
 mod conn;
 pub mod fdpass;
@@ -19,7 +20,7 @@ pub mod update;
 use crate::config::{Config, Resolved, UnknownPeers};
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
-use pipeline::{CacheKey, CacheRecord, Flights, Job, RecordWeight, SigState, VmState};
+use pipeline::{CountCleanEvictions, Flights, Job, RecordWeight, SigState, VerdictCache, VmState};
 use signatures::SignatureSet;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ pub struct Shared {
     /// The signature set in use.
     pub sigs: ArcSwap<SigState>,
     /// The verdict cache, shared by all VMs.
-    pub cache: quick_cache::sync::Cache<CacheKey, Arc<CacheRecord>, RecordWeight>,
+    pub cache: VerdictCache,
     /// Scans in flight.
     pub flights: Flights,
     /// Per-VM state.
@@ -165,7 +166,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         None => None,
     };
     let sigs = match persisted {
-        Some(l) => update::state_of(l, Vec::new()),
+        Some(l) => update::state_of(l, Vec::new(), None),
         None => {
             let (set, _) = crate::scan::load_set(&opts.databases, false)?;
             SigState {
@@ -174,8 +175,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
                 version: 1,
                 publisher: None,
                 loaded_at: audit::now_rfc3339(),
-                files: crate::sigs::file_digests(&opts.databases),
-                hash_only_since: Vec::new(),
+                revalidate: Vec::new(),
+                epoch_evictions: 0,
             }
         }
     };
@@ -186,10 +187,12 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     let shared = Arc::new(Shared {
         config: ArcSwap::from_pointee(resolved),
         sigs: ArcSwap::from_pointee(sigs),
-        cache: quick_cache::sync::Cache::with_weighter(
+        cache: quick_cache::sync::Cache::with(
             (server.cache_size / 256).max(64) as usize,
             server.cache_size,
             RecordWeight,
+            quick_cache::DefaultHashBuilder::default(),
+            CountCleanEvictions(metrics.cache_clean_evictions.clone()),
         ),
         flights: Mutex::new(HashMap::new()),
         vms: Mutex::new(HashMap::new()),
@@ -309,11 +312,16 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
     let admin = shared.config.load().cfg.update.clone();
     if let Some(path) = &admin.admin_socket {
         let l = update::bind_admin(path)?;
-        spawn_http(
-            l,
-            update::router(shared.clone(), admin.max_bundle),
-            stop_rx.clone(),
+        spawn_http(l, update::router(shared.clone()), stop_rx.clone());
+    }
+    if let Some(tcp) = admin_tls::settings(&admin)? {
+        let l = admin_tls::bind(&tcp).await?;
+        eprintln!(
+            "svm serve: admin API on https://{} (bearer token required)",
+            axum::serve::Listener::local_addr(&l)?
         );
+        let app = admin_tls::with_token(update::router(shared.clone()), &tcp, shared.clone());
+        spawn_http(l, app, stop_rx.clone());
     }
     // Signal handlers before "ready": a SIGHUP sent as soon as the daemon says it is ready
     // must reload, not kill it (SIGHUP's default action).

@@ -33,12 +33,38 @@ pub struct SigState {
     pub publisher: Option<String>,
     /// When it was loaded (RFC 3339).
     pub loaded_at: String,
-    /// The signature files it was built from (name → SHA-256), for a set from a bundle.
-    pub files: Option<std::collections::BTreeMap<String, String>>,
-    /// Earlier versions (newest first) from which this set differs only in hash signature
-    /// files: clean verdicts cached under them are revalidated by a hash lookup instead of a
-    /// rescan.
-    pub hash_only_since: Vec<u64>,
+    /// Earlier versions (newest first) whose clean verdicts carry over: by a hash lookup in
+    /// this set, and, when body signatures or YARA rules were added since, a scan against
+    /// those alone.
+    pub revalidate: Vec<Since>,
+    /// The count of clean verdicts evicted from the cache when the epoch began (see
+    /// [`Shared::clean_evictions`](super::Shared)).
+    pub epoch_evictions: u64,
+}
+
+/// An earlier version whose clean verdicts this set revalidates.
+#[derive(Debug, Clone)]
+pub struct Since {
+    /// The version.
+    pub version: u64,
+    /// The signatures added since it, to scan cached clean content against (empty: a hash
+    /// lookup suffices).
+    pub deltas: Vec<Arc<SignatureSet>>,
+}
+
+/// What the verdict cache holds for a content under the set in use.
+#[derive(Debug)]
+pub enum Cached {
+    /// A verdict valid for this version.
+    Hit(Arc<CacheRecord>),
+    /// A clean verdict of an earlier version that holds if the content does not match the
+    /// signatures added since (scanned against those alone).
+    Delta {
+        /// The earlier verdict (its digests).
+        old: Arc<CacheRecord>,
+        /// The added signatures.
+        deltas: Vec<Arc<SignatureSet>>,
+    },
 }
 
 /// Verdict-cache key: content hash and signature set version.
@@ -86,6 +112,30 @@ impl quick_cache::Weighter<CacheKey, Arc<CacheRecord>> for RecordWeight {
         (std::mem::size_of::<CacheKey>() + std::mem::size_of::<CacheRecord>() + 48 + names) as u64
     }
 }
+
+/// Counts the clean verdicts the cache evicts: while none is, every clean verdict an agent
+/// holds is still in the cache, and an update can be checked against all of them.
+#[derive(Debug, Clone)]
+pub struct CountCleanEvictions(pub prometheus_client::metrics::counter::Counter);
+
+impl quick_cache::Lifecycle<CacheKey, Arc<CacheRecord>> for CountCleanEvictions {
+    type RequestState = ();
+    fn begin_request(&self) {}
+    fn on_evict(&self, _: &mut (), _: CacheKey, v: Arc<CacheRecord>) {
+        if matches!(*v.outcome, Outcome::Clean) {
+            self.0.inc();
+        }
+    }
+}
+
+/// The verdict cache: content hash and set version → verdict, weighed in bytes.
+pub type VerdictCache = quick_cache::sync::Cache<
+    CacheKey,
+    Arc<CacheRecord>,
+    RecordWeight,
+    quick_cache::DefaultHashBuilder,
+    CountCleanEvictions,
+>;
 
 /// What a per-VM identity maps to.
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +205,9 @@ pub type FlightResult = Option<Arc<Outcome>>;
 pub struct Job {
     key: CacheKey,
     sigs: Arc<SigState>,
+    /// Scan against these added signatures only, a clean verdict of an earlier version
+    /// holding otherwise (its digests are reused).
+    delta: Option<(Vec<Arc<SignatureSet>>, Arc<CacheRecord>)>,
     body: Body,
     size: u64,
     done: watch::Sender<FlightResult>,
@@ -271,7 +324,10 @@ pub fn fast_path(
         return None;
     }
     let id = ctx.vm.identity_get(&ev.identity)?;
-    let rec = cached(&ctx.shared, sigs, id.hash)?;
+    let Cached::Hit(rec) = cached(&ctx.shared, sigs, id.hash)? else {
+        // The content is needed for a scan against the added signatures.
+        return None;
+    };
     let m = &ctx.shared.metrics;
     m.identity_hits.inc();
     m.cache_hits.inc();
@@ -284,14 +340,16 @@ pub fn fast_path(
 }
 
 /// The cached verdict for content `hash` under `sigs`: one made with this version, or a
-/// clean one made with a version this set differs from only in hash signatures, revalidated
-/// by looking the content's digests up in this set (no rescan) and cached under this version.
-pub fn cached(shared: &Shared, sigs: &SigState, hash: [u8; 32]) -> Option<Arc<CacheRecord>> {
+/// clean one made with an earlier version this set revalidates ([`SigState::revalidate`]):
+/// the content's digests are looked up in this set (no read, no rescan), and the verdict is
+/// cached under this version; when signatures were added since, [`Cached::Delta`] asks for a
+/// scan against those alone.
+pub fn cached(shared: &Shared, sigs: &SigState, hash: [u8; 32]) -> Option<Cached> {
     if let Some(rec) = shared.cache.get(&(hash, sigs.version)) {
-        return Some(rec);
+        return Some(Cached::Hit(rec));
     }
-    for &v in &sigs.hash_only_since {
-        let Some(old) = shared.cache.get(&(hash, v)) else {
+    for since in &sigs.revalidate {
+        let Some(old) = shared.cache.get(&(hash, since.version)) else {
             continue;
         };
         // Infected verdicts are rare; they are rescanned rather than revalidated.
@@ -299,6 +357,12 @@ pub fn cached(shared: &Shared, sigs: &SigState, hash: [u8; 32]) -> Option<Arc<Ca
             return None;
         }
         let hits = scanner::hash_lookup(&sigs.set, old.size, &old.md5, &old.sha1, &old.sha256);
+        if hits.is_empty() && !since.deltas.is_empty() {
+            return Some(Cached::Delta {
+                old,
+                deltas: since.deltas.clone(),
+            });
+        }
         let outcome = if hits.is_empty() {
             old.outcome.clone()
         } else {
@@ -315,7 +379,7 @@ pub fn cached(shared: &Shared, sigs: &SigState, hash: [u8; 32]) -> Option<Arc<Ca
         });
         shared.cache.insert((hash, sigs.version), rec.clone());
         shared.metrics.cache_revalidated.inc();
-        return Some(rec);
+        return Some(Cached::Hit(rec));
     }
     None
 }
@@ -574,14 +638,18 @@ async fn obtain(
             .flights
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(rec) = cached(shared, sigs, hash) {
-            m.cache_hits.inc();
-            return Ok(Decided {
-                outcome: rec.outcome.clone(),
-                hash: Some(hash),
-                cached: true,
-            });
-        }
+        let delta = match cached(shared, sigs, hash) {
+            Some(Cached::Hit(rec)) => {
+                m.cache_hits.inc();
+                return Ok(Decided {
+                    outcome: rec.outcome.clone(),
+                    hash: Some(hash),
+                    cached: true,
+                });
+            }
+            Some(Cached::Delta { old, deltas }) => Some((deltas, old)),
+            None => None,
+        };
         m.cache_misses.inc();
         if let Some(rx) = flights.get(&key) {
             m.singleflight_joins.inc();
@@ -591,6 +659,7 @@ async fn obtain(
             let job = Job {
                 key,
                 sigs: sigs.clone(),
+                delta,
                 body,
                 size,
                 done: tx,
@@ -945,15 +1014,15 @@ fn worker(shared: &Shared) {
     }
 }
 
-fn run_job(
-    shared: &Shared,
+type FullScan = (std::io::Result<Digests>, ScanResult);
+
+/// Scan content with the whole set, computing its digests on the way.
+fn scan_full(
     scanner: &mut Scanner<'_>,
-    job: Job,
+    body: &Body,
     stall: Option<&crate::config::StallConfig>,
-) {
-    let t = Instant::now();
-    let m = &shared.metrics;
-    let (digests, result) = match &job.body {
+) -> FullScan {
+    match body {
         Body::Mem(d) => {
             if let Some(s) = stall {
                 if memchr::memmem::find(d, s.marker.as_bytes()).is_some() {
@@ -968,6 +1037,26 @@ fn run_job(
             let dg = digests_of_file(f);
             (dg, scanner.scan_open_file(f).result)
         }
+    }
+}
+
+fn run_job(
+    shared: &Shared,
+    scanner: &mut Scanner<'_>,
+    job: Job,
+    stall: Option<&crate::config::StallConfig>,
+) {
+    let t = Instant::now();
+    let m = &shared.metrics;
+    let (digests, result) = match &job.delta {
+        Some((deltas, old)) => {
+            m.cache_delta_rescans.inc();
+            (
+                Ok((old.md5, old.sha1, old.sha256)),
+                scan_deltas(&job.sigs.set, deltas, &job.body, old, scanner.limits()),
+            )
+        }
+        None => scan_full(scanner, &job.body, stall),
     };
     m.scans.inc();
     m.scanned_bytes.inc_by(job.size);
@@ -1007,6 +1096,37 @@ fn run_job(
         .remove(&job.key);
     m.scans_in_flight.dec();
     let _ = job.done.send(Some(outcome));
+}
+
+/// Scan content judged clean under an earlier version against only the signatures added
+/// since; a match on allow-listed content (by the new set) stays clean.
+fn scan_deltas(
+    set: &SignatureSet,
+    deltas: &[Arc<SignatureSet>],
+    body: &Body,
+    old: &CacheRecord,
+    limits: Limits,
+) -> ScanResult {
+    let mut matches = Vec::new();
+    for d in deltas {
+        let mut scanner = Scanner::new(d);
+        scanner.set_limits(limits);
+        let r = match body {
+            Body::Mem(b) => scanner.scan_bytes(b),
+            Body::File(f) => scanner.scan_open_file(f).result,
+        };
+        match r {
+            ScanResult::Clean => {}
+            ScanResult::Infected { matches: m } => matches.extend(m),
+            unscanned @ ScanResult::Unscanned { .. } => return unscanned,
+        }
+    }
+    if matches.is_empty() || scanner::allow_listed(set, old.size, &old.md5, &old.sha1, &old.sha256)
+    {
+        ScanResult::Clean
+    } else {
+        ScanResult::Infected { matches }
+    }
 }
 
 type Digests = ([u8; 16], [u8; 20], [u8; 32]);

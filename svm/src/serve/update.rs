@@ -14,11 +14,11 @@
 //! A restart loads `state_dir/current.svmb` (verified again) in place of the `-d` set.
 
 use super::audit::{now_rfc3339, Record};
-use super::pipeline::SigState;
+use super::pipeline::{Outcome, SigState, Since};
 use super::Shared;
 use crate::config::UpdateConfig;
 use signatures::bundle::{self, Limits, PublicKey};
-use signatures::SignatureSet;
+use signatures::{Revalidation, SignatureSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -64,8 +64,6 @@ pub struct Loaded {
     pub version: u64,
     /// The publisher's key id.
     pub key_id: String,
-    /// Its files: name → SHA-256.
-    pub files: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -105,17 +103,10 @@ pub fn load(
             format!("the signatures do not load: {}", cut(&format!("{e:#}"))),
         )
     })?;
-    let files = v
-        .manifest
-        .files
-        .iter()
-        .map(|f| (f.name.clone(), f.sha256.clone()))
-        .collect();
     Ok(Loaded {
         set,
         version: v.manifest.set_version,
         key_id: v.manifest.key_id,
-        files,
     })
 }
 
@@ -129,48 +120,77 @@ fn cut(msg: &str) -> String {
     format!("{}\n… {} more lines", head.join("\n"), lines.len() - 20)
 }
 
-/// The set state for a loaded bundle; `hash_only_since` as [`hash_only_chain`] says.
-pub fn state_of(l: Loaded, hash_only_since: Vec<u64>) -> SigState {
+/// The set state for a loaded bundle, revalidating `revalidate`'s versions, with cache
+/// epoch `epoch` (and the clean-eviction count it began at), or a fresh one.
+pub fn state_of(l: Loaded, revalidate: Vec<Since>, epoch: Option<(u64, u64)>) -> SigState {
+    let (epoch, epoch_evictions) = epoch.unwrap_or_else(|| (super::epoch_of(&l.set), 0));
     SigState {
-        epoch: super::epoch_of(&l.set),
+        epoch,
+        epoch_evictions,
         set: Arc::new(l.set),
         version: l.version,
         publisher: Some(l.key_id),
         loaded_at: now_rfc3339(),
-        files: Some(l.files),
-        hash_only_since,
+        revalidate,
     }
 }
 
-/// Whether a signature file holds only hash signatures (`.hdb`, `.hsb`): a change to it can
-/// turn a clean verdict infected only through a hash lookup.
-fn is_hash_file(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n.ends_with(".hdb") || n.ends_with(".hsb")
-}
-
-/// The versions whose clean verdicts stay valid up to a hash lookup under `new`: `old`'s
-/// version (and its own such versions, at most 8) when the two differ only in hash files
-/// and the version moves forward; none otherwise.
-pub fn hash_only_chain(old: &SigState, new: &Loaded) -> Vec<u64> {
-    let Some(old_files) = &old.files else {
+/// The earlier versions whose clean verdicts the new set revalidates: `old`'s version, and
+/// the ones `old` itself revalidated (at most 8, with at most 4 sets of added signatures to
+/// scan against), when the version moves forward and no allow-list entry went away.
+pub fn revalidation_chain(old: &SigState, new: &SignatureSet, new_version: u64) -> Vec<Since> {
+    if new_version <= old.version {
         return Vec::new();
+    }
+    let added: Vec<Arc<SignatureSet>> = match new.revalidation_since(&old.set) {
+        Revalidation::Rescan => return Vec::new(),
+        Revalidation::Lookup => Vec::new(),
+        Revalidation::Delta(d) => vec![Arc::from(d)],
     };
-    if new.version <= old.version {
-        return Vec::new();
+    std::iter::once(Since {
+        version: old.version,
+        deltas: Vec::new(),
+    })
+    .chain(old.revalidate.iter().cloned())
+    .map(|mut s| {
+        s.deltas.extend(added.iter().cloned());
+        s
+    })
+    .take_while(|s| s.deltas.len() <= 4)
+    .take(8)
+    .collect()
+}
+
+/// The cache epoch for a new set: `old`'s when no clean verdict an agent may hold can have
+/// changed, a new one otherwise. It is kept when the new set revalidates `old`'s version by
+/// a hash lookup alone, no clean verdict was evicted from the verdict cache since the epoch
+/// began (so every clean verdict an agent holds is still in it), and none of those cached
+/// clean verdicts matches a hash signature of the new set. Returns (epoch, clean evictions
+/// when it began).
+pub fn next_epoch(
+    shared: &Shared,
+    old: &SigState,
+    new: &SignatureSet,
+    chain: &[Since],
+) -> (u64, u64) {
+    let evicted = shared.metrics.cache_clean_evictions.get();
+    let lookup_only = chain
+        .first()
+        .is_some_and(|s| s.version == old.version && s.deltas.is_empty());
+    if lookup_only && evicted == old.epoch_evictions {
+        let flips = shared.cache.iter().any(|(_, r)| {
+            matches!(*r.outcome, Outcome::Clean)
+                && !scanner::hash_lookup(new, r.size, &r.md5, &r.sha1, &r.sha256).is_empty()
+        });
+        if !flips {
+            return (old.epoch, old.epoch_evictions);
+        }
     }
-    let names: std::collections::BTreeSet<&String> =
-        old_files.keys().chain(new.files.keys()).collect();
-    let only_hashes = names
-        .into_iter()
-        .all(|n| old_files.get(n) == new.files.get(n) || is_hash_file(n));
-    if !only_hashes {
-        return Vec::new();
+    let mut epoch = super::epoch_of(new);
+    if epoch == old.epoch {
+        epoch = epoch.wrapping_add(1).max(1);
     }
-    std::iter::once(old.version)
-        .chain(old.hash_only_since.iter().copied())
-        .take(8)
-        .collect()
+    (epoch, evicted)
 }
 
 /// The persisted bundle, if `state_dir` holds one; `Err` says why it cannot be used.
@@ -246,8 +266,12 @@ pub fn accept(
         if let Some(dir) = &cfg.state_dir {
             persist(dir, bytes).map_err(|e| refuse(500, format!("cannot persist: {e:#}")))?;
         }
-        let chain = hash_only_chain(&shared.sigs.load(), &loaded);
-        shared.sigs.store(Arc::new(state_of(loaded, chain)));
+        let old = shared.sigs.load_full();
+        let chain = revalidation_chain(&old, &loaded.set, v);
+        let epoch = next_epoch(shared, &old, &loaded.set, &chain);
+        shared
+            .sigs
+            .store(Arc::new(state_of(loaded, chain, Some(epoch))));
         crash_point("after-swap");
         Ok(v)
     })();
@@ -256,14 +280,25 @@ pub fn accept(
         Ok(v) => ("accept", "accepted", *v, None),
         Err(r) => ("refuse", "refused", current, Some(r.message.clone())),
     };
-    match &res {
-        Ok(v) => {
-            eprintln!("svm serve: signatures updated from version {current} to {v} ({source})")
-        }
-        Err(r) => eprintln!(
-            "svm serve: signature bundle refused ({source}): {}",
-            r.message
-        ),
+    if let Ok(v) = &res {
+        eprintln!("svm serve: signatures updated from version {current} to {v} ({source})");
+    }
+    record(shared, source, Some(bytes), action, result, version, reason);
+    res
+}
+
+/// Count, log (refusals) and audit the outcome of an update.
+pub(crate) fn record(
+    shared: &Shared,
+    source: &str,
+    bytes: Option<&[u8]>,
+    action: &'static str,
+    result: &'static str,
+    version: u64,
+    reason: Option<String>,
+) {
+    if let Some(r) = &reason {
+        eprintln!("svm serve: signature bundle refused ({source}): {r}");
     }
     shared
         .metrics
@@ -277,7 +312,7 @@ pub fn accept(
             group: String::new(),
             op: "update",
             path: source.to_owned(),
-            content_hash: Some(blake3::hash(bytes).to_hex().to_string()),
+            content_hash: bytes.map(|b| blake3::hash(b).to_hex().to_string()),
             signatures: Vec::new(),
             sigset_version: version,
             action,
@@ -290,7 +325,6 @@ pub fn accept(
         },
         &shared.metrics.audit_dropped,
     );
-    res
 }
 
 /// Write the bundle as `dir/current.svmb`, atomically.
@@ -323,7 +357,11 @@ pub fn describe(shared: &Shared) -> serde_json::Value {
         "counts": s.set.counts(),
         "loaded_at": s.loaded_at,
         "publisher": s.publisher,
-        "revalidates_from": s.hash_only_since,
+        "revalidates_from": s.revalidate.iter().map(|r| r.version).collect::<Vec<_>>(),
+        "revalidation": s.revalidate.iter().map(|r| serde_json::json!({
+            "version": r.version,
+            "rescan_against_added": r.deltas.iter().map(|d| d.counts().detection_total()).sum::<u64>(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -357,8 +395,47 @@ pub fn bind_admin(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
+/// A pushed bundle's bytes, read into one buffer sized from `Content-Length` (a growing
+/// buffer would briefly hold the bundle twice during a swap), at most `limit` bytes.
+async fn read_body(
+    mut body: axum::body::Body,
+    headers: &axum::http::HeaderMap,
+    limit: u64,
+) -> Result<Vec<u8>, (axum::http::StatusCode, String)> {
+    use axum::body::HttpBody;
+    use axum::http::StatusCode;
+    let too_large = |n: u64| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("bundle too large: {n} bytes (at most {limit}, [update] max_bundle)"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        return Err(too_large(n));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame =
+            frame.map_err(|e| (StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            let n = out.len() as u64 + data.len() as u64;
+            if n > limit {
+                return Err(too_large(n));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
 /// The admin API's routes.
-pub fn router(shared: Arc<Shared>, max_bundle: u64) -> axum::Router {
+pub fn router(shared: Arc<Shared>) -> axum::Router {
     use axum::extract::{Query, State};
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
@@ -373,8 +450,29 @@ pub fn router(shared: Arc<Shared>, max_bundle: u64) -> axum::Router {
     async fn post(
         State(s): State<Arc<Shared>>,
         Query(p): Query<PostParams>,
-        body: axum::body::Bytes,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Body,
     ) -> impl IntoResponse {
+        let limit = s.config.load().cfg.update.max_bundle;
+        let body = match read_body(body, &headers, limit).await {
+            Ok(b) => b,
+            Err((status, error)) => {
+                let version = s.sigs.load().version;
+                record(
+                    &s,
+                    "admin-api",
+                    None,
+                    "refuse",
+                    "refused",
+                    version,
+                    Some(error.clone()),
+                );
+                return (
+                    status,
+                    axum::Json(serde_json::json!({"accepted": false, "error": error})),
+                );
+            }
+        };
         let s2 = s.clone();
         let r =
             tokio::task::spawn_blocking(move || accept(&s2, &body, p.allow_downgrade, "admin-api"))
@@ -394,9 +492,7 @@ pub fn router(shared: Arc<Shared>, max_bundle: u64) -> axum::Router {
             ),
         }
     }
-    let limit = usize::try_from(max_bundle.saturating_add(1 << 20)).unwrap_or(usize::MAX);
     axum::Router::new()
         .route("/v1/signatures", axum::routing::get(get).post(post))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
