@@ -24,8 +24,8 @@
 //! ```
 //!
 //! # Current limitations
-//! - No archives yet. Signed bundles come through the admin API (unix socket) or an http://
-//!   mirror; no TLS yet.
+//! - No archives yet. Signed bundles come through the admin API (unix socket, or TCP with
+//!   TLS and a bearer token) or an http:// mirror (no https mirrors yet).
 //! - The daemon does not drop privileges yet.
 
 #![forbid(unsafe_code)]
