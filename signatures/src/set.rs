@@ -406,7 +406,8 @@ pub enum Revalidation {
     /// that were added, and the YARA rules when they changed (all of them: rules are not
     /// diffed one by one).
     Delta(Box<SignatureSet>),
-    /// The verdict must be made again with the whole set (an allow-list entry went away).
+    /// The verdict must be made again with the whole set: an allow-list entry went away, or
+    /// the added body signatures are over a quarter of the set.
     Rescan,
 }
 
@@ -525,6 +526,11 @@ impl SignatureSet {
                 .cloned()
                 .collect()
         };
+        // A delta that is a large part of the set saves little over a full rescan, and would
+        // hold a second copy of those signatures for as long as it is kept.
+        if bodies.len() > 64 && bodies.len() * 4 > self.bodies.db.len() {
+            return Revalidation::Rescan;
+        }
         #[cfg(feature = "yara")]
         let yara = match (&self.yara, &prev.yara) {
             // Un-ignoring a rule name brings a rule back without changing the rules.

@@ -755,4 +755,13 @@ fn revalidation_tells_what_a_clean_verdict_needs_after_an_update() {
         matches!(a1.revalidation_since(&a2), Revalidation::Lookup),
         "an added entry only cleans"
     );
+    // Most of the body signatures new: a full rescan, not a delta as large as the set.
+    let many: String = (0..100)
+        .map(|i| format!("Many.{i}:0:*:6d616e792d{i:08x}\n"))
+        .collect();
+    let big = load("many.ndb", many.as_bytes()).unwrap();
+    assert!(matches!(
+        big.revalidation_since(&plain1),
+        Revalidation::Rescan
+    ));
 }

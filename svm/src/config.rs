@@ -283,6 +283,48 @@ pub struct Config {
     pub vm: Vec<VmConfig>,
     /// `[update]`.
     pub update: UpdateConfig,
+    /// `[clamd]`.
+    pub clamd: ClamdConfig,
+}
+
+/// `[clamd]`: a listener that speaks clamd's protocol, for the tools that already do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClamdConfig {
+    /// Its unix socket (clamd's `LocalSocket`); none = off.
+    pub socket: Option<PathBuf>,
+    /// The socket's mode (clamd's `LocalSocketMode`), octal digits.
+    pub socket_mode: String,
+    /// A TCP address too (clamd's `TCPSocket`/`TCPAddr`): unencrypted and unauthenticated,
+    /// as with clamd, so keep it on loopback or a management network.
+    pub tcp: Option<String>,
+    /// The largest `INSTREAM` (clamd's `StreamMaxLength`).
+    #[serde(deserialize_with = "de_size")]
+    pub max_stream: u64,
+    /// Whether `SHUTDOWN` stops the daemon (off: `COMMAND UNAVAILABLE`).
+    pub allow_shutdown: bool,
+    /// How long a client may take to send a command or a stream chunk, in milliseconds
+    /// (clamd's `CommandReadTimeout`/`ReadTimeout`).
+    pub read_timeout_ms: u64,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// The VM name its scans are accounted under (policies of its group, audit, metrics).
+    pub vm: String,
+}
+
+impl Default for ClamdConfig {
+    fn default() -> Self {
+        ClamdConfig {
+            socket: None,
+            socket_mode: "660".into(),
+            tcp: None,
+            max_stream: 25 << 20,
+            allow_shutdown: false,
+            read_timeout_ms: 30_000,
+            max_connections: 64,
+            vm: "clamd".into(),
+        }
+    }
 }
 
 /// `[update]`: signed signature bundles.

@@ -116,6 +116,12 @@ pub struct Metrics {
     pub cache_delta_rescans: Counter,
     /// Clean verdicts evicted from the verdict cache (an agent may still hold them).
     pub cache_clean_evictions: Counter,
+    /// Connections to the clamd-compatible listener.
+    pub clamd_connections: Counter,
+    /// Objects scanned for clamd clients (files, streams, descriptors).
+    pub clamd_requests: Counter,
+    /// Streams refused for their size.
+    pub clamd_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -160,6 +166,9 @@ impl Metrics {
             cache_revalidated: Counter::default(),
             cache_delta_rescans: Counter::default(),
             cache_clean_evictions: Counter::default(),
+            clamd_connections: Counter::default(),
+            clamd_requests: Counter::default(),
+            clamd_refused: Counter::default(),
             mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -279,6 +288,21 @@ impl Metrics {
                 "cache_clean_evictions",
                 "Clean verdicts evicted from the verdict cache",
                 &m.cache_clean_evictions,
+            ),
+            (
+                "clamd_connections",
+                "Connections to the clamd-compatible listener",
+                &m.clamd_connections,
+            ),
+            (
+                "clamd_requests",
+                "Objects scanned for clamd clients",
+                &m.clamd_requests,
+            ),
+            (
+                "clamd_stream_refusals",
+                "INSTREAM requests refused for their size",
+                &m.clamd_refused,
             ),
             (
                 "mirror_errors",

@@ -8,6 +8,7 @@
 
 pub mod admin_tls;
 pub mod audit;
+pub mod clamd;
 mod conn;
 pub mod fdpass;
 pub mod memwatch;
@@ -314,6 +315,8 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
         let l = update::bind_admin(path)?;
         spawn_http(l, update::router(shared.clone()), stop_rx.clone());
     }
+    let clamd_cfg = shared.config.load().cfg.clamd.clone();
+    clamd::start(&shared, &clamd_cfg, stop_rx.clone()).await?;
     if let Some(tcp) = admin_tls::settings(&admin)? {
         let l = admin_tls::bind(&tcp).await?;
         eprintln!(

@@ -384,6 +384,33 @@ pub fn cached(shared: &Shared, sigs: &SigState, hash: [u8; 32]) -> Option<Cached
     None
 }
 
+/// A scan asked for outside the guest protocol (the clamd-compatible listener): the same
+/// path as a guest event (exclusions, size limit, verdict cache, single flight, scheduler),
+/// then metrics and audit. `ev.content` is `Inline` or `Fd` (with `fd`).
+pub async fn scan_request(
+    ctx: &EventCtx,
+    mut ev: FileEvent,
+    fd: Option<std::fs::File>,
+    group: &Group,
+    sigs: &Arc<SigState>,
+) -> Arc<Outcome> {
+    let start = Instant::now();
+    let content = std::mem::replace(&mut ev.content, Content::Read);
+    let d = obtain(ctx, &ev, content, fd, group, sigs, None)
+        .await
+        .unwrap_or_else(|f| Decided {
+            outcome: Arc::new(Outcome::Error(match f {
+                Failure::ReadTimeout => "read timeout".into(),
+                Failure::Protocol(p) => p,
+                Failure::Disconnected => "disconnected".into(),
+            })),
+            hash: None,
+            cached: false,
+        });
+    let _ = finish(ctx, &ev, group, sigs, &d, start, None);
+    d.outcome
+}
+
 /// Build the verdict frame for a decided outcome, with metrics and audit.
 fn finish(
     ctx: &EventCtx,
