@@ -1,5 +1,6 @@
 //! The per-thread [`Scanner`].
 
+use crate::containers::{self, ArchiveLimits, Budget, Flow};
 use crate::verify::{verify, verify_anchored};
 use md5::Digest;
 use signatures::{HashIndex, HashKind, Offset, SignatureSet, Target};
@@ -21,6 +22,8 @@ pub struct Limits {
     pub max_file_size: u64,
     /// Scans running longer than this stop and report `Unscanned`.
     pub max_scan_time: Duration,
+    /// What may be unpacked from containers (`max_depth` 0: containers are not opened).
+    pub archives: ArchiveLimits,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
         Limits {
             max_file_size: 1 << 30,
             max_scan_time: Duration::from_secs(120),
+            archives: ArchiveLimits::default(),
         }
     }
 }
@@ -57,6 +61,10 @@ pub struct Match {
     pub kind: MatchKind,
     /// Where the match starts, for body and YARA signatures.
     pub offset: Option<u64>,
+    /// The member it was found in, inside containers: `dir/x.exe`, or `a.zip/x.exe` when
+    /// nested; none for the object itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inner: Option<String>,
 }
 
 /// Why an object was not scanned.
@@ -91,6 +99,12 @@ pub enum UnscannedReason {
         /// Its message.
         error: String,
     },
+    /// A container limit stopped unpacking (ClamAV: `Heuristics.Limits.Exceeded`), and
+    /// nothing was found in what was unpacked.
+    LimitsExceeded {
+        /// Which limit.
+        what: String,
+    },
 }
 
 impl std::fmt::Display for UnscannedReason {
@@ -107,6 +121,9 @@ impl std::fmt::Display for UnscannedReason {
                 write!(f, "not a regular file ({file_type})")
             }
             UnscannedReason::Engine { error } => write!(f, "engine error: {error}"),
+            UnscannedReason::LimitsExceeded { what } => {
+                write!(f, "archive limits exceeded: {what}")
+            }
         }
     }
 }
@@ -191,6 +208,10 @@ impl<'s> Scanner<'s> {
         s.limits = Limits {
             max_file_size: u64::MAX,
             max_scan_time: Duration::from_secs(600),
+            archives: ArchiveLimits {
+                max_depth: 0,
+                ..ArchiveLimits::default()
+            },
         };
         s
     }
@@ -217,6 +238,27 @@ impl<'s> Scanner<'s> {
             };
         }
         let deadline = Instant::now() + self.limits.max_scan_time;
+        let mut budget = Budget::new(&self.limits.archives);
+        let r = self.scan_object(data, None, 0, deadline, &mut budget);
+        match (r, budget.exceeded) {
+            // Something was not unpacked, and nothing was found: not known to be clean.
+            (ScanResult::Clean, Some(what)) => ScanResult::Unscanned {
+                reason: UnscannedReason::LimitsExceeded { what },
+            },
+            (r, _) => r,
+        }
+    }
+
+    /// Scan one object, then the members of a container, recursively: matches inside carry
+    /// the member's path.
+    fn scan_object(
+        &mut self,
+        data: &[u8],
+        inner: Option<&str>,
+        depth: u32,
+        deadline: Instant,
+        budget: &mut Budget,
+    ) -> ScanResult {
         let mut matches = Vec::new();
         if !self.memory {
             hash_matches(self.set.hashes(), data, &mut matches);
@@ -227,19 +269,66 @@ impl<'s> Scanner<'s> {
         if let Err(reason) = self.yara_matches(data, deadline, &mut matches) {
             return ScanResult::Unscanned { reason };
         }
-        if matches.is_empty() {
+        // The allow-list is consulted only for detections, and covers the object as a whole.
+        if !matches.is_empty() && !self.memory && self.allow_listed_bytes(data) {
             return ScanResult::Clean;
         }
-        // The allow-list is consulted only for detections.
-        let allow = self.set.allow_list();
-        if !allow.is_empty() && !self.memory {
-            let mut listed = Vec::new();
-            hash_matches(allow, data, &mut listed);
-            if !listed.is_empty() {
-                return ScanResult::Clean;
+        for m in &mut matches {
+            m.inner = inner.map(str::to_owned);
+        }
+        if let Some(kind) = containers::detect(data) {
+            if depth >= self.limits.archives.max_depth {
+                if self.limits.archives.max_depth > 0 {
+                    budget.exceeded.get_or_insert_with(|| {
+                        format!("{} nested deeper than {}", kind.name(), depth)
+                    });
+                }
+            } else {
+                let mut stopped: Option<ScanResult> = None;
+                let r =
+                    containers::for_each_member(kind, data, budget, &mut |name, bytes, budget| {
+                        let path = match inner {
+                            Some(outer) => format!("{outer}/{name}"),
+                            None => name.to_owned(),
+                        };
+                        match self.scan_object(bytes, Some(&path), depth + 1, deadline, budget) {
+                            ScanResult::Clean => Flow::Continue,
+                            ScanResult::Infected { matches: m } => {
+                                matches.extend(m);
+                                Flow::Continue
+                            }
+                            // A timeout ends the whole scan.
+                            unscanned @ ScanResult::Unscanned { .. } => {
+                                stopped = Some(unscanned);
+                                Flow::Stop
+                            }
+                        }
+                    });
+                if let Some(u) = stopped {
+                    return u;
+                }
+                if let Err(e) = r {
+                    // A damaged container: its members before the damage were scanned, and
+                    // the object itself was scanned as bytes.
+                    tracing::debug!("{}: {e}", kind.name());
+                }
             }
         }
-        ScanResult::Infected { matches }
+        if matches.is_empty() {
+            ScanResult::Clean
+        } else {
+            ScanResult::Infected { matches }
+        }
+    }
+
+    fn allow_listed_bytes(&self, data: &[u8]) -> bool {
+        let allow = self.set.allow_list();
+        if allow.is_empty() {
+            return false;
+        }
+        let mut listed = Vec::new();
+        hash_matches(allow, data, &mut listed);
+        !listed.is_empty()
     }
 
     fn timed_out(&self) -> ScanResult {
@@ -456,6 +545,7 @@ impl<'s> Scanner<'s> {
                 name: name.to_owned(),
                 kind: MatchKind::Body,
                 offset: Some(start as u64),
+                inner: None,
             });
         }
     }
@@ -503,6 +593,7 @@ impl<'s> Scanner<'s> {
                 name: name.to_owned(),
                 kind: MatchKind::Yara,
                 offset,
+                inner: None,
             });
         }
         Ok(())
@@ -596,6 +687,7 @@ fn push_names(names: Vec<&str>, kind: MatchKind, out: &mut Vec<Match>) {
                 name: name.to_owned(),
                 kind,
                 offset: None,
+                inner: None,
             });
         }
     }

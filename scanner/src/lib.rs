@@ -40,10 +40,12 @@
 
 #![deny(unsafe_code)]
 
+pub mod containers;
 mod engine;
 pub mod reference;
 mod verify;
 
+pub use containers::ArchiveLimits;
 pub use engine::{
     allow_listed, file_type_name, hash_lookup, io_error_text, FileScan, Limits, Match, MatchKind,
     ScanResult, Scanner, UnscannedReason, BLOCK,

@@ -255,12 +255,14 @@ fn hash_signatures_and_allow_list() {
             Match {
                 name: "Right.Md5".into(),
                 kind: MatchKind::Md5,
-                offset: None
+                offset: None,
+                inner: None,
             },
             Match {
                 name: "Any.Sha256".into(),
                 kind: MatchKind::Sha256,
-                offset: None
+                offset: None,
+                inner: None,
             },
         ]
     );
@@ -294,7 +296,8 @@ fn yara_rules_match_with_offsets() {
         vec![Match {
             name: "Demo_Rule".into(),
             kind: MatchKind::Yara,
-            offset: Some(8)
+            offset: Some(8),
+            inner: None,
         }]
     );
     assert_eq!(s.scan_bytes(b"hay"), ScanResult::Clean);
@@ -307,6 +310,7 @@ fn limits_give_unscanned_never_clean() {
     s.set_limits(Limits {
         max_file_size: 10,
         max_scan_time: Duration::from_secs(5),
+        ..Limits::default()
     });
     assert!(matches!(
         s.scan_bytes(&[0u8; 11]),
@@ -315,6 +319,7 @@ fn limits_give_unscanned_never_clean() {
     s.set_limits(Limits {
         max_file_size: 1 << 30,
         max_scan_time: Duration::ZERO,
+        ..Limits::default()
     });
     let big = vec![0u8; 3 * BLOCK];
     assert!(

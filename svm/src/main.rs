@@ -308,6 +308,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 limits: scanner::Limits {
                     max_file_size: a.max_filesize,
                     max_scan_time: Duration::from_millis(a.max_scantime),
+                    ..scanner::Limits::default()
                 },
                 exclude: a.exclude,
                 skip_invalid: a.skip_invalid,

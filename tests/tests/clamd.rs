@@ -87,9 +87,15 @@ fn chunked(cmd: &[u8], chunks: &[&[u8]]) -> Vec<u8> {
 }
 
 /// The differences svm makes on purpose: clamd marks signatures from unsigned local files
-/// `.UNOFFICIAL` (svm has no "official" database to contrast them with).
+/// `.UNOFFICIAL` (svm has no "official" database to contrast them with). Replies of several
+/// records are compared as sets: clamd sends a tree's records in directory order, and
+/// MULTISCAN's in the order its threads finish.
 fn normalize(reply: &[u8]) -> String {
-    String::from_utf8_lossy(reply).replace(".UNOFFICIAL", "")
+    let text = String::from_utf8_lossy(reply).replace(".UNOFFICIAL", "");
+    let term = if text.ends_with('\0') { '\0' } else { '\n' };
+    let mut records: Vec<&str> = text.split_inclusive(term).collect();
+    records.sort_unstable();
+    records.concat()
 }
 
 fn svm_with_clamd(dir: &Path) -> (Daemon, PathBuf) {

@@ -1020,6 +1020,7 @@ fn worker(shared: &Shared) {
         scanner.set_limits(Limits {
             max_file_size: u64::MAX,
             max_scan_time: Duration::from_millis(cfg.cfg.server.max_scan_time_ms),
+            ..Limits::default()
         });
         let stall = cfg.cfg.server.test_stall.clone();
         drop(cfg);
