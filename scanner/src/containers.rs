@@ -161,7 +161,7 @@ pub fn for_each_member(
         }
         Kind::Bzip2 => {
             let mut dec = bzip2::read::MultiBzDecoder::new(data);
-            single(budget, "(bzip2)", &mut dec, f)
+            member(budget, "(bzip2)", &mut dec, f).map(|_| ())
         }
         Kind::Xz => {
             // lzma-rs writes into a sink; the sink enforces the cap.
@@ -193,19 +193,16 @@ pub fn for_each_member(
     }
 }
 
-/// A compressed stream holding one member.
-fn single(
+/// Read one member through the budget and hand it to `f`.
+fn member(
     budget: &mut Budget,
     name: &str,
-    r: &mut dyn Read,
+    r: impl Read,
     f: &mut dyn FnMut(&str, &[u8], &mut Budget) -> Flow,
-) -> Result<(), String> {
+) -> Result<Flow, String> {
     match budget.read_member(name, r) {
-        Ok(Some(bytes)) => {
-            f(name, &bytes, budget);
-            Ok(())
-        }
-        Ok(None) => Ok(()),
+        Ok(Some(bytes)) => Ok(f(name, &bytes, budget)),
+        Ok(None) => Ok(Flow::Continue),
         Err(e) => Err(format!("{name}: {e}")),
     }
 }
@@ -226,14 +223,8 @@ fn zip_members(
                 .by_index_raw(i)
                 .map_err(|e| format!("zip member {i}: {e}"))?;
             let name = raw.name().to_owned();
-            match budget.read_member(&name, bzip2::read::BzDecoder::new(&mut raw)) {
-                Ok(Some(bytes)) => {
-                    if f(&name, &bytes, budget) == Flow::Stop {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => return Err(format!("{name}: {e}")),
+            if member(budget, &name, bzip2::read::BzDecoder::new(&mut raw), f)? == Flow::Stop {
+                return Ok(());
             }
             continue;
         }
@@ -253,14 +244,8 @@ fn zip_members(
             continue;
         }
         let name = entry.name().to_owned();
-        match budget.read_member(&name, &mut entry) {
-            Ok(Some(bytes)) => {
-                if f(&name, &bytes, budget) == Flow::Stop {
-                    return Ok(());
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("{name}: {e}")),
+        if member(budget, &name, &mut entry, f)? == Flow::Stop {
+            return Ok(());
         }
     }
     Ok(())
@@ -283,14 +268,8 @@ fn tar_members(
             .iter()
             .map(|&b| b as char)
             .collect::<String>();
-        match budget.read_member(&name, &mut entry) {
-            Ok(Some(bytes)) => {
-                if f(&name, &bytes, budget) == Flow::Stop {
-                    return Ok(());
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("{name}: {e}")),
+        if member(budget, &name, &mut entry, f)? == Flow::Stop {
+            return Ok(());
         }
     }
     Ok(())

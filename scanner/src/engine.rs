@@ -158,6 +158,7 @@ pub struct FileScan {
 /// A scanner for one thread. Create one per worker; they all share the set.
 pub struct Scanner<'s> {
     set: &'s SignatureSet,
+    #[cfg(feature = "yara")]
     yara: Option<yara_x::Scanner<'s>>,
     limits: Limits,
     found: Vec<u64>,
@@ -186,6 +187,7 @@ impl<'s> Scanner<'s> {
         let n = set.bodies().len().div_ceil(64);
         Scanner {
             set,
+            #[cfg(feature = "yara")]
             yara: set.yara_rules().map(yara_x::Scanner::new),
             limits: Limits::default(),
             found: vec![0; n],
@@ -558,6 +560,17 @@ impl<'s> Scanner<'s> {
         }
     }
 
+    #[cfg(not(feature = "yara"))]
+    fn yara_matches(
+        &mut self,
+        _: &[u8],
+        _: Instant,
+        _: &mut [Match],
+    ) -> Result<(), UnscannedReason> {
+        Ok(())
+    }
+
+    #[cfg(feature = "yara")]
     fn yara_matches(
         &mut self,
         data: &[u8],
