@@ -21,6 +21,9 @@ pub struct ArchiveLimits {
     pub max_total: u64,
     /// Bytes of one member (ClamAV's `MaxFileSize`).
     pub max_member: u64,
+    /// Report a limit hit as the detection `Heuristics.Limits.Exceeded` (ClamAV's
+    /// `AlertExceedsMax`) instead of unscanned.
+    pub alert_exceeds_max: bool,
 }
 
 impl Default for ArchiveLimits {
@@ -30,6 +33,7 @@ impl Default for ArchiveLimits {
             max_files: 10_000,
             max_total: 400 << 20,
             max_member: 100 << 20,
+            alert_exceeds_max: false,
         }
     }
 }

@@ -50,7 +50,13 @@ pub enum MatchKind {
     Body,
     /// A YARA rule.
     Yara,
+    /// A heuristic of the engine itself ([`LIMITS_EXCEEDED`]).
+    Heuristic,
 }
+
+/// The detection reported for an object a limit stopped, under
+/// [`ArchiveLimits::alert_exceeds_max`] (ClamAV's name).
+pub const LIMITS_EXCEEDED: &str = "Heuristics.Limits.Exceeded";
 
 /// One detection.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -244,6 +250,16 @@ impl<'s> Scanner<'s> {
         let r = self.scan_object(data, None, 0, deadline, &mut budget);
         match (r, budget.exceeded) {
             // Something was not unpacked, and nothing was found: not known to be clean.
+            (ScanResult::Clean, Some(_)) if self.limits.archives.alert_exceeds_max => {
+                ScanResult::Infected {
+                    matches: vec![Match {
+                        name: LIMITS_EXCEEDED.to_owned(),
+                        kind: MatchKind::Heuristic,
+                        offset: None,
+                        inner: None,
+                    }],
+                }
+            }
             (ScanResult::Clean, Some(what)) => ScanResult::Unscanned {
                 reason: UnscannedReason::LimitsExceeded { what },
             },

@@ -232,6 +232,19 @@ pub struct ServerConfig {
     /// Page hashes remembered host-wide: a page whose content was scanned with the current
     /// signature set is not scanned again, in any VM.
     pub page_dedup_entries: usize,
+    /// Containers nested deeper than this are not opened (0: containers are not opened).
+    pub max_recursion: u32,
+    /// Members unpacked from one object, at every depth.
+    pub max_files: u32,
+    /// Bytes unpacked from one object in all.
+    #[serde(deserialize_with = "de_size")]
+    pub max_scan_size: u64,
+    /// Bytes of one member of a container.
+    #[serde(deserialize_with = "de_size")]
+    pub max_member_size: u64,
+    /// A limit hit is the detection `Heuristics.Limits.Exceeded` (ClamAV's AlertExceedsMax)
+    /// instead of unscanned (which the group's `on_unscanned` decides).
+    pub alert_exceeds_max: bool,
 }
 
 /// The default socket path: `/run/svm/svm.sock`.
@@ -267,6 +280,11 @@ impl Default for ServerConfig {
             sweep_max_cpu: 0.25,
             memory_window: 4096,
             page_dedup_entries: 1 << 20,
+            max_recursion: 17,
+            max_files: 10_000,
+            max_scan_size: 400 << 20,
+            max_member_size: 100 << 20,
+            alert_exceeds_max: false,
         }
     }
 }

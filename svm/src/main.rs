@@ -96,6 +96,24 @@ struct ScanArgs {
     /// Longest time one file may take, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 120_000)]
     max_scantime: u64,
+    /// Open containers (gzip, bzip2, xz, zip, tar) and scan their members.
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = yes_no, action = clap::ArgAction::Set)]
+    scan_archive: bool,
+    /// Containers nested deeper than this are not opened (the object is then unscanned).
+    #[arg(long, value_name = "N", default_value_t = 17)]
+    max_recursion: u32,
+    /// Members unpacked from one file, at every depth.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_files: u32,
+    /// Bytes unpacked from one file in all.
+    #[arg(long, value_name = "SIZE", default_value = "400M", value_parser = svm::size::parse_size)]
+    max_scansize: u64,
+    /// Bytes of one member of a container.
+    #[arg(long, value_name = "SIZE", default_value = "100M", value_parser = svm::size::parse_size)]
+    max_membersize: u64,
+    /// Report a file a limit stopped as Heuristics.Limits.Exceeded FOUND, not unscanned.
+    #[arg(long)]
+    alert_exceeds_max: bool,
     /// Leave out paths matching this glob (matched on the whole path and on the file name).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
@@ -308,7 +326,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 limits: scanner::Limits {
                     max_file_size: a.max_filesize,
                     max_scan_time: Duration::from_millis(a.max_scantime),
-                    ..scanner::Limits::default()
+                    archives: scanner::ArchiveLimits {
+                        max_depth: if a.scan_archive { a.max_recursion } else { 0 },
+                        max_files: a.max_files,
+                        max_total: a.max_scansize,
+                        max_member: a.max_membersize,
+                        alert_exceeds_max: a.alert_exceeds_max,
+                    },
                 },
                 exclude: a.exclude,
                 skip_invalid: a.skip_invalid,
@@ -413,5 +437,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// clamscan's `yes`/`no` option values.
+fn yes_no(v: &str) -> Result<bool, String> {
+    match v {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => Err(format!("{other:?}: expected yes or no")),
     }
 }

@@ -90,6 +90,15 @@ fn every_container_variant_of_clam_exe_is_detected() {
         assert_eq!(rc, 1, "{}: {out}", file.display());
         assert!(out.contains("Clamav.Test.File-6 FOUND"), "{out}");
     }
+    // With containers left closed (clamscan's --scan-archive=no), the member is not seen.
+    let o = svm([
+        "scan".as_ref(),
+        "--scan-archive=no".as_ref(),
+        "-d".as_ref(),
+        db.as_os_str(),
+        t.join("clam.zip").as_os_str(),
+    ]);
+    assert_eq!(code(&o), 0, "{o:?}");
 }
 
 #[test]
@@ -104,6 +113,18 @@ fn hostile_archives_are_bounded_and_never_clean() {
     assert_eq!(rc, 2, "{out}");
     assert!(out.contains("archive limits exceeded"), "{out}");
     assert!(!out.contains(": OK"), "{out}");
+    // Under the strict policy (clamscan's --alert-exceeds-max), a detection.
+    let o = svm([
+        "scan".as_ref(),
+        "--no-summary".as_ref(),
+        "--alert-exceeds-max".as_ref(),
+        d.join("zeros.gz").as_os_str(),
+    ]);
+    assert_eq!(code(&o), 1, "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Heuristics.Limits.Exceeded FOUND"),
+        "{o:?}"
+    );
     // `../` member names are reported as given; nothing is written anywhere.
     std::fs::create_dir_all(d.join("a/b")).unwrap();
     std::fs::write(d.join("a/b/eicar.com"), EICAR).unwrap();

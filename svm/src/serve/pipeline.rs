@@ -1017,10 +1017,17 @@ fn worker(shared: &Shared) {
         let sigs = job.sigs.clone();
         let mut scanner = Scanner::new(&sigs.set);
         let cfg = shared.config.load();
+        let server = &cfg.cfg.server;
         scanner.set_limits(Limits {
             max_file_size: u64::MAX,
-            max_scan_time: Duration::from_millis(cfg.cfg.server.max_scan_time_ms),
-            ..Limits::default()
+            max_scan_time: Duration::from_millis(server.max_scan_time_ms),
+            archives: scanner::ArchiveLimits {
+                max_depth: server.max_recursion,
+                max_files: server.max_files,
+                max_total: server.max_scan_size,
+                max_member: server.max_member_size,
+                alert_exceeds_max: server.alert_exceeds_max,
+            },
         });
         let stall = cfg.cfg.server.test_stall.clone();
         drop(cfg);
