@@ -52,6 +52,18 @@ pub enum MatchKind {
     Yara,
     /// A heuristic of the engine itself ([`LIMITS_EXCEEDED`]).
     Heuristic,
+    /// A verdict remembered for this content by a [`MemberCache`].
+    Cached,
+}
+
+/// A verdict cache for the members of containers, keyed by their content's BLAKE3: a member
+/// met again, in another container or another file, is not scanned again. `svm serve` backs it
+/// with its verdict cache.
+pub trait MemberCache: Send + Sync {
+    /// The signature names known for this content (empty: clean), if any.
+    fn get(&self, blake3: &[u8; 32]) -> Option<Vec<String>>;
+    /// Remember the names found in `data` (empty: clean).
+    fn put(&self, blake3: [u8; 32], data: &[u8], names: &[String]);
 }
 
 /// The detection reported for an object a limit stopped, under
@@ -173,6 +185,7 @@ pub struct Scanner<'s> {
     atom_buf: Vec<usize>,
     buf: Vec<u8>,
     memory: bool,
+    members: Option<std::sync::Arc<dyn MemberCache>>,
 }
 
 impl std::fmt::Debug for Scanner<'_> {
@@ -202,6 +215,7 @@ impl<'s> Scanner<'s> {
             atom_buf: Vec::new(),
             buf: Vec::new(),
             memory: false,
+            members: None,
         }
     }
 
@@ -222,6 +236,12 @@ impl<'s> Scanner<'s> {
             },
         };
         s
+    }
+
+    /// Consult and fill `cache` for the members of containers.
+    pub fn set_member_cache(&mut self, cache: std::sync::Arc<dyn MemberCache>) -> &mut Self {
+        self.members = Some(cache);
+        self
     }
 
     /// Change the limits.
@@ -309,7 +329,7 @@ impl<'s> Scanner<'s> {
                             Some(outer) => format!("{outer}/{name}"),
                             None => name.to_owned(),
                         };
-                        match self.scan_object(bytes, Some(&path), depth + 1, deadline, budget) {
+                        match self.scan_member(bytes, &path, depth + 1, deadline, budget) {
                             ScanResult::Clean => Flow::Continue,
                             ScanResult::Infected { matches: m } => {
                                 matches.extend(m);
@@ -337,6 +357,51 @@ impl<'s> Scanner<'s> {
         } else {
             ScanResult::Infected { matches }
         }
+    }
+
+    /// A member: from the member cache when it knows the content, else scanned (and its
+    /// verdict remembered unless a limit cut its own unpacking short).
+    fn scan_member(
+        &mut self,
+        data: &[u8],
+        path: &str,
+        depth: u32,
+        deadline: Instant,
+        budget: &mut Budget,
+    ) -> ScanResult {
+        let Some(cache) = self.members.clone() else {
+            return self.scan_object(data, Some(path), depth, deadline, budget);
+        };
+        let key = *blake3::hash(data).as_bytes();
+        if let Some(names) = cache.get(&key) {
+            if names.is_empty() {
+                return ScanResult::Clean;
+            }
+            let matches = names
+                .into_iter()
+                .map(|name| Match {
+                    name,
+                    kind: MatchKind::Cached,
+                    offset: None,
+                    inner: Some(path.to_owned()),
+                })
+                .collect();
+            return ScanResult::Infected { matches };
+        }
+        let before = budget.exceeded.is_some();
+        let r = self.scan_object(data, Some(path), depth, deadline, budget);
+        if budget.exceeded.is_some() == before {
+            match &r {
+                ScanResult::Clean => cache.put(key, data, &[]),
+                ScanResult::Infected { matches } => {
+                    let mut names: Vec<String> = matches.iter().map(|m| m.name.clone()).collect();
+                    names.dedup();
+                    cache.put(key, data, &names);
+                }
+                ScanResult::Unscanned { .. } => {}
+            }
+        }
+        r
     }
 
     fn allow_listed_bytes(&self, data: &[u8]) -> bool {

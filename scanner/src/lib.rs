@@ -48,6 +48,6 @@ mod verify;
 pub use containers::ArchiveLimits;
 pub use engine::{
     allow_listed, file_type_name, hash_lookup, io_error_text, FileScan, Limits, Match, MatchKind,
-    ScanResult, Scanner, UnscannedReason, BLOCK, LIMITS_EXCEEDED,
+    MemberCache, ScanResult, Scanner, UnscannedReason, BLOCK, LIMITS_EXCEEDED,
 };
 pub use signatures::SignatureSet;

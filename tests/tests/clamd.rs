@@ -301,3 +301,37 @@ fn protocol_abuse_gets_an_error_or_a_close_and_the_next_client_is_served() {
     drop(idle);
     assert_eq!(raw(&sock, b"nPING\n"), b"PONG\n");
 }
+
+#[test]
+fn container_members_are_scanned_once_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path();
+    let (svm, sock) = svm_with_clamd(d0);
+    std::fs::write(d0.join("eicar.com"), EICAR).unwrap();
+    std::fs::write(d0.join("one.txt"), b"only in the first archive").unwrap();
+    std::fs::write(d0.join("two.txt"), b"only in the second archive").unwrap();
+    for (zip, other) in [("a.zip", "one.txt"), ("b.zip", "two.txt")] {
+        let o = Command::new("zip")
+            .args(["-q", zip, "eicar.com", other])
+            .current_dir(d0)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    let stream = |name: &str| {
+        let data = std::fs::read(d0.join(name)).unwrap();
+        raw(&sock, &chunked(b"zINSTREAM\0", &[&data]))
+    };
+    assert_eq!(stream("a.zip"), b"stream: Eicar-Test-Signature FOUND\0");
+    let hits = svm.metric("svm_cache_member_hits_total");
+    // Another archive (another content, so no whole-object cache hit) with the same member:
+    // that member's verdict comes from the cache, the new one is scanned.
+    assert_eq!(stream("b.zip"), b"stream: Eicar-Test-Signature FOUND\0");
+    assert_eq!(svm.metric("svm_cache_member_hits_total"), hits + 1.0);
+    // The member alone, as a file of its own, is the same cache entry.
+    assert_eq!(
+        raw(&sock, &chunked(b"zINSTREAM\0", &[EICAR])),
+        b"stream: Eicar-Test-Signature FOUND\0"
+    );
+    assert!(svm.metric("svm_cache_hits_total") >= 1.0);
+}

@@ -122,6 +122,8 @@ pub struct Metrics {
     pub clamd_requests: Counter,
     /// Streams refused for their size.
     pub clamd_refused: Counter,
+    /// Container members answered from the verdict cache.
+    pub cache_member_hits: Counter,
 }
 
 impl Default for Metrics {
@@ -169,6 +171,7 @@ impl Metrics {
             clamd_connections: Counter::default(),
             clamd_requests: Counter::default(),
             clamd_refused: Counter::default(),
+            cache_member_hits: Counter::default(),
             mem_errors: Counter::default(),
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -288,6 +291,11 @@ impl Metrics {
                 "cache_clean_evictions",
                 "Clean verdicts evicted from the verdict cache",
                 &m.cache_clean_evictions,
+            ),
+            (
+                "cache_member_hits",
+                "Container members answered from the verdict cache",
+                &m.cache_member_hits,
             ),
             (
                 "clamd_connections",

@@ -1000,7 +1000,48 @@ pub fn start_workers(
         .collect()
 }
 
-fn worker(shared: &Shared) {
+/// The daemon's verdict cache as the scanner's cache of container members, for one set
+/// version: a member is keyed like a whole file with the same content.
+struct Members {
+    shared: Arc<Shared>,
+    version: u64,
+}
+
+impl scanner::MemberCache for Members {
+    fn get(&self, blake3: &[u8; 32]) -> Option<Vec<String>> {
+        let rec = self.shared.cache.get(&(*blake3, self.version))?;
+        let names = match &*rec.outcome {
+            Outcome::Clean => Vec::new(),
+            Outcome::Infected(n) => n.clone(),
+            Outcome::Unscanned(_) | Outcome::Error(_) => return None,
+        };
+        self.shared.metrics.cache_member_hits.inc();
+        Some(names)
+    }
+
+    fn put(&self, blake3: [u8; 32], data: &[u8], names: &[String]) {
+        let mut dg = Digester::new();
+        dg.update(data);
+        let (md5, sha1, sha256) = dg.finish();
+        let outcome = if names.is_empty() {
+            Outcome::Clean
+        } else {
+            Outcome::Infected(names.to_vec())
+        };
+        self.shared.cache.insert(
+            (blake3, self.version),
+            Arc::new(CacheRecord {
+                outcome: Arc::new(outcome),
+                size: data.len() as u64,
+                md5,
+                sha1,
+                sha256,
+            }),
+        );
+    }
+}
+
+fn worker(shared: &Arc<Shared>) {
     let mut pending: Option<Job> = None;
     loop {
         let job = match pending.take() {
@@ -1016,6 +1057,10 @@ fn worker(shared: &Shared) {
         // One Scanner per signature set: keep it while jobs use the same set.
         let sigs = job.sigs.clone();
         let mut scanner = Scanner::new(&sigs.set);
+        scanner.set_member_cache(Arc::new(Members {
+            shared: shared.clone(),
+            version: sigs.version,
+        }));
         let cfg = shared.config.load();
         let server = &cfg.cfg.server;
         scanner.set_limits(Limits {
