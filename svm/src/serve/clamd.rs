@@ -211,31 +211,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn session(&mut self, delim: Delim) -> Result<(), End> {
         let mut n = 0u64;
         loop {
-            let (d, cmd) = self.command().await?;
+            // Replies keep the session's terminator, whatever each command used.
+            let (_, cmd) = self.command().await?;
             n += 1;
             if cmd == "END" {
                 return Ok(());
             }
-            // Replies keep the session's terminator.
-            let _ = d;
-            let d = delim;
-            let replies = match cmd.as_str() {
-                "IDSESSION" | "SHUTDOWN" | "RELOAD" | "QUIT" => {
-                    vec!["Command invalid inside IDSESSION. ERROR".to_owned()]
-                }
-                _ => match self.execute(&cmd, d, true).await {
-                    Ok(r) => r,
-                    Err(e) => return Err(e),
-                },
-            };
-            let stop = replies
-                .iter()
-                .any(|r| r.ends_with("invalid inside IDSESSION. ERROR"));
-            for r in replies {
-                self.reply(d, &format!("{n}: {r}")).await?;
-            }
-            if stop {
+            if matches!(cmd.as_str(), "IDSESSION" | "SHUTDOWN" | "RELOAD" | "QUIT") {
+                // clamd's reply, then the session ends.
+                let r = format!("{n}: Command invalid inside IDSESSION. ERROR");
+                self.reply(delim, &r).await?;
                 return Err(End::Close);
+            }
+            for r in self.execute(&cmd, delim, true).await? {
+                self.reply(delim, &format!("{n}: {r}")).await?;
             }
         }
     }
