@@ -32,9 +32,13 @@
 //!   cache), and its NFA took over a second and ~250 MB to build for 200,000 atoms.
 //! - YARA rules run through one shared `yara_x::Rules`, with a `yara_x::Scanner` per worker,
 //!   only when the set holds YARA rules.
+//! - Containers (gzip, bzip2, xz, zip, tar; [`containers`]) are opened in memory, nested,
+//!   within ClamAV-style [`ArchiveLimits`]; matches name their member, and a
+//!   [`MemberCache`] lets a caller remember members' verdicts by content.
 //!
 //! # Current limitations
-//! - No unpacking yet: archives and compressed files are scanned as raw bytes.
+//! - Other containers (7z, rar, cab, OLE2, mail, PDF, …) and packed executables are scanned
+//!   as raw bytes only.
 //! - A file mapped with mmap and truncated by another process while being scanned can raise
 //!   SIGBUS; files under 256 KiB are read instead of mapped.
 

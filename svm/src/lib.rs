@@ -24,8 +24,9 @@
 //! ```
 //!
 //! # Current limitations
-//! - No archives yet. Signed bundles come through the admin API (unix socket, or TCP with
-//!   TLS and a bearer token) or an http:// mirror (no https mirrors yet).
+//! - Containers beyond gzip, bzip2, xz, zip and tar are scanned as raw bytes. Signed bundles
+//!   come through the admin API (unix socket, or TCP with TLS and a bearer token) or an
+//!   http:// mirror (no https mirrors yet).
 //! - The daemon does not drop privileges yet.
 
 #![forbid(unsafe_code)]
