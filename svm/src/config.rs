@@ -170,6 +170,9 @@ pub struct StallConfig {
 pub struct ServerConfig {
     /// The unix socket for same-host agents and `svm check`.
     pub listen: PathBuf,
+    /// Drop to this user once the sockets are bound and the files opened (the daemon must
+    /// start as root for this); none = keep running as the starting user.
+    pub user: Option<String>,
     /// A directory of QEMU virtio-serial sockets, one per VM (`NAME.sock`).
     pub vm_socket_dir: Option<PathBuf>,
     /// An AF_VSOCK port for guest agents (`svm-agent --connect vsock:2:PORT`); the peer's
@@ -254,6 +257,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: PathBuf::from(DEFAULT_SOCKET),
+            user: None,
             vm_socket_dir: None,
             vsock_port: None,
             metrics: "127.0.0.1:9310".into(),

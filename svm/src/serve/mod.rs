@@ -15,6 +15,7 @@ pub mod memwatch;
 pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
+pub mod privs;
 pub mod sched;
 pub mod update;
 
@@ -325,6 +326,10 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
         );
         let app = admin_tls::with_token(update::router(shared.clone()), &tcp, shared.clone());
         spawn_http(l, app, stop_rx.clone());
+    }
+    // Every socket is bound and every file opened: drop to the configured user.
+    if let Some(user) = &server.user {
+        privs::drop_to(user)?;
     }
     // Signal handlers before "ready": a SIGHUP sent as soon as the daemon says it is ready
     // must reload, not kill it (SIGHUP's default action).

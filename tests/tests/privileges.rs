@@ -1,0 +1,73 @@
+//! Least privilege: `svm serve` with `[server] user` binds as root, then runs as that user,
+//! in every thread, with no capabilities, and keeps serving.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use svm_tests::Daemon;
+
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// A field of a `/proc/.../status` file.
+fn field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_daemon_drops_to_its_user_in_every_thread_and_keeps_serving() {
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| field(&s, "Uid").split_whitespace().nth(1) == Some("0"));
+    if !is_root {
+        eprintln!("SKIP: dropping privileges needs the test to run as root (CI does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clamd = dir.path().join("clamd.sock");
+    let cfg = format!(
+        "[server]\nuser = \"nobody\"\n[clamd]\nsocket = \"{}\"\n",
+        clamd.display()
+    );
+    let d = Daemon::start(&cfg, &[]);
+    let log = d.stderr.lock().unwrap().clone();
+    assert!(log.contains("running as nobody"), "{log}");
+    let pid = d.child.id();
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(tasks.len() > 2, "the daemon runs several threads");
+    for t in tasks {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+        let name = field(&status, "Name");
+        // Real, effective, saved and filesystem ids: all nobody's.
+        assert_eq!(
+            field(&status, "Uid"),
+            "65534\t65534\t65534\t65534",
+            "{name}"
+        );
+        assert_eq!(
+            field(&status, "Gid"),
+            "65534\t65534\t65534\t65534",
+            "{name}"
+        );
+        assert_eq!(field(&status, "Groups"), "65534", "{name}");
+        assert_eq!(field(&status, "CapEff"), "0000000000000000", "{name}");
+        assert_eq!(field(&status, "CapPrm"), "0000000000000000", "{name}");
+    }
+    // Still serving: a scan through the clamd socket, bound before the drop.
+    let mut s = UnixStream::connect(&clamd).unwrap();
+    let mut req = b"zINSTREAM\0".to_vec();
+    req.extend_from_slice(&(EICAR.len() as u32).to_be_bytes());
+    req.extend_from_slice(EICAR);
+    req.extend_from_slice(&[0; 4]);
+    s.write_all(&req).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"stream: Eicar-Test-Signature FOUND\0");
+}
