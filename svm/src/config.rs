@@ -173,6 +173,8 @@ pub struct ServerConfig {
     /// Drop to this user once the sockets are bound and the files opened (the daemon must
     /// start as root for this); none = keep running as the starting user.
     pub user: Option<String>,
+    /// Confine each scanner thread with a seccomp filter before it touches guest data.
+    pub seccomp: bool,
     /// A directory of QEMU virtio-serial sockets, one per VM (`NAME.sock`).
     pub vm_socket_dir: Option<PathBuf>,
     /// An AF_VSOCK port for guest agents (`svm-agent --connect vsock:2:PORT`); the peer's
@@ -258,6 +260,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: PathBuf::from(DEFAULT_SOCKET),
             user: None,
+            seccomp: true,
             vm_socket_dir: None,
             vsock_port: None,
             metrics: "127.0.0.1:9310".into(),

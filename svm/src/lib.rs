@@ -27,8 +27,8 @@
 //! - Containers beyond gzip, bzip2, xz, zip and tar are scanned as raw bytes. Signed bundles
 //!   come through the admin API (unix socket, or TCP with TLS and a bearer token) or an
 //!   http:// mirror (no https mirrors yet).
-//! - With `[server] user` the daemon drops to that user after binding its sockets; no
-//!   seccomp filter or Landlock yet.
+//! - With `[server] user` the daemon drops to that user after binding its sockets, and
+//!   scanner threads run under a seccomp filter; no Landlock yet.
 
 #![forbid(unsafe_code)]
 

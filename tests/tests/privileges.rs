@@ -61,13 +61,49 @@ fn the_daemon_drops_to_its_user_in_every_thread_and_keeps_serving() {
         assert_eq!(field(&status, "CapPrm"), "0000000000000000", "{name}");
     }
     // Still serving: a scan through the clamd socket, bound before the drop.
-    let mut s = UnixStream::connect(&clamd).unwrap();
+    assert_eq!(
+        instream(&clamd, EICAR),
+        b"stream: Eicar-Test-Signature FOUND\0"
+    );
+}
+
+/// One clamd `INSTREAM` of `data`: the reply.
+fn instream(sock: &std::path::Path, data: &[u8]) -> Vec<u8> {
+    let mut s = UnixStream::connect(sock).unwrap();
     let mut req = b"zINSTREAM\0".to_vec();
-    req.extend_from_slice(&(EICAR.len() as u32).to_be_bytes());
-    req.extend_from_slice(EICAR);
+    req.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    req.extend_from_slice(data);
     req.extend_from_slice(&[0; 4]);
     s.write_all(&req).unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
-    assert_eq!(out, b"stream: Eicar-Test-Signature FOUND\0");
+    out
+}
+
+#[test]
+fn scanner_threads_run_under_a_seccomp_filter_and_still_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let clamd = dir.path().join("clamd.sock");
+    let d = Daemon::start(&format!("[clamd]\nsocket = \"{}\"\n", clamd.display()), &[]);
+    let scan = |data: &[u8]| instream(&clamd, data);
+    // Scans happen on the confined threads: detection, and a clean answer.
+    assert_eq!(scan(EICAR), b"stream: Eicar-Test-Signature FOUND\0");
+    assert_eq!(scan(b"plain"), b"stream: OK\0");
+    let pid = d.child.id();
+    let mut scanners = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+        let name = field(&status, "Name");
+        if name.starts_with("svm-scan-") {
+            scanners += 1;
+            assert_eq!(field(&status, "Seccomp"), "2", "{name}");
+            assert_eq!(field(&status, "NoNewPrivs"), "1", "{name}");
+        }
+    }
+    assert!(scanners >= 1, "no scanner thread found");
+    let log = d.stderr.lock().unwrap().clone();
+    assert!(!log.contains("WITHOUT a seccomp filter"), "{log}");
 }

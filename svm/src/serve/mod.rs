@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
 pub mod privs;
+pub mod sandbox;
 pub mod sched;
 pub mod update;
 
@@ -205,7 +206,10 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         guest_log: audit::LogLimiter::new(20),
         update_lock: Mutex::new(()),
     });
-    let threads = pipeline::start_workers(&shared, workers)?;
+    // Scanner threads start once the sockets are bound and privileges dropped (`serve`):
+    // each confines itself with seccomp at start, and a confined thread could not follow a
+    // later change of user.
+    let threads = Arc::new(Mutex::new(Vec::new()));
     let sweep_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut sweepers = memwatch::start(&shared, &sweep_stop);
     sweepers.extend(mirror::start(&shared, &sweep_stop));
@@ -217,7 +221,13 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         .thread_name("svm-io")
         .enable_all()
         .build()?;
-    let res = rt.block_on(serve(shared.clone(), opts, load));
+    let res = rt.block_on(serve(
+        shared.clone(),
+        opts,
+        load,
+        (workers, threads.clone()),
+    ));
+    let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(PoisonError::into_inner));
     shared.sched.close();
     sweep_stop.store(true, Ordering::Relaxed);
     for t in threads.into_iter().chain(sweepers) {
@@ -252,7 +262,15 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Result<()> {
+/// Scanner threads to start, and where their handles go.
+type Workers = (usize, Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>);
+
+async fn serve(
+    shared: Arc<Shared>,
+    opts: ServeOptions,
+    load: Duration,
+    workers: Workers,
+) -> Result<()> {
     let server = shared.config.load().cfg.server.clone();
     let listener = bind_unix(&server.listen)?;
     let vsock = match server.vsock_port {
@@ -331,6 +349,12 @@ async fn serve(shared: Arc<Shared>, opts: ServeOptions, load: Duration) -> Resul
     if let Some(user) = &server.user {
         privs::drop_to(user)?;
     }
+    let started = pipeline::start_workers(&shared, workers.0)?;
+    workers
+        .1
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(started);
     // Signal handlers before "ready": a SIGHUP sent as soon as the daemon says it is ready
     // must reload, not kill it (SIGHUP's default action).
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

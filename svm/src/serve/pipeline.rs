@@ -1042,6 +1042,14 @@ impl scanner::MemberCache for Members {
 }
 
 fn worker(shared: &Arc<Shared>) {
+    if shared.config.load().cfg.server.seccomp {
+        if let Err(e) = super::sandbox::confine_scanner_thread() {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                eprintln!("svm serve: scanner threads run WITHOUT a seccomp filter: {e}");
+            });
+        }
+    }
     let mut pending: Option<Job> = None;
     loop {
         let job = match pending.take() {
