@@ -335,3 +335,30 @@ fn container_members_are_scanned_once_by_content() {
     );
     assert!(svm.metric("svm_cache_hits_total") >= 1.0);
 }
+
+#[test]
+fn streams_count_against_the_spool_cap_of_the_clamd_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let cfg = format!(
+        "[server]\nper_vm_spool_cap = \"64K\"\n[clamd]\nsocket = \"{}\"\nmax_stream = \"1M\"\n",
+        sock.display()
+    );
+    let _svm = Daemon::start(&cfg, &[]);
+    // Under max_stream but over what the clamd VM may hold: refused, not buffered.
+    let big = vec![b'x'; 100 << 10];
+    let r = raw(&sock, &chunked(b"zINSTREAM\0", &[&big]));
+    assert_eq!(
+        r,
+        b"INSTREAM: the spool cap of 65536 bytes for clamd clients is in use. ERROR\0"
+    );
+    // Within it: scanned, and the reservation was released.
+    assert_eq!(
+        raw(&sock, &chunked(b"zINSTREAM\0", &[EICAR])),
+        b"stream: Eicar-Test-Signature FOUND\0"
+    );
+    assert_eq!(
+        raw(&sock, &chunked(b"zINSTREAM\0", &[&big[..32 << 10]])),
+        b"stream: OK\0"
+    );
+}

@@ -19,7 +19,7 @@
 //! - A file svm could not scan (over a limit, unreadable) is `… ERROR`, never `OK`.
 //! - Signature names carry no `.UNOFFICIAL` suffix: svm has no "official" database.
 
-use super::pipeline::{scan_request, EventCtx, Outcome, SigState};
+use super::pipeline::{scan_request, EventCtx, Outcome, SigState, SpoolGuard};
 use super::Shared;
 use crate::config::ClamdConfig;
 use anyhow::{Context, Result};
@@ -355,6 +355,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// `INSTREAM`: length-prefixed chunks up to a zero length, capped at `max_stream`.
     async fn instream(&mut self, sigs: &Arc<SigState>) -> Result<String, End> {
         let mut data = Vec::new();
+        // Streams being received count against the clamd VM's spool cap, like guest content,
+        // so many connections cannot hold `max_connections × max_stream` in memory.
+        let cap = self.shared.config.load().cfg.server.per_vm_spool_cap;
+        let mut held = Vec::new();
         loop {
             let len = self.take(4).await?;
             let n = u32::from_be_bytes(len.try_into().unwrap_or([0; 4])) as u64;
@@ -365,11 +369,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.shared.metrics.clamd_refused.inc();
                 return Ok("INSTREAM size limit exceeded. ERROR".into());
             }
+            let Some(g) = SpoolGuard::reserve(&self.ctx.vm, n, cap) else {
+                self.shared.metrics.clamd_refused.inc();
+                return Ok(format!(
+                    "INSTREAM: the spool cap of {cap} bytes for clamd clients is in use. ERROR"
+                ));
+            };
+            held.push(g);
             let chunk = self
                 .take(usize::try_from(n).map_err(|_| End::Close)?)
                 .await?;
             data.extend_from_slice(&chunk);
         }
+        // The pipeline reserves the content again when it takes it.
+        drop(held);
         let size = data.len() as u64;
         let outcome = scan(
             &self.ctx,

@@ -221,6 +221,18 @@ pub struct SpoolGuard {
     bytes: u64,
 }
 
+impl SpoolGuard {
+    /// Reserve `bytes` more of `vm`'s spool cap (`cap`); `None` when they do not fit.
+    pub fn reserve(vm: &Arc<VmState>, bytes: u64, cap: u64) -> Option<SpoolGuard> {
+        let before = vm.spooled.fetch_add(bytes, Ordering::Relaxed);
+        let guard = SpoolGuard {
+            vm: vm.clone(),
+            bytes,
+        };
+        (before.saturating_add(bytes) <= cap).then_some(guard)
+    }
+}
+
 impl Drop for SpoolGuard {
     fn drop(&mut self) {
         self.vm.spooled.fetch_sub(self.bytes, Ordering::Relaxed);
@@ -628,13 +640,7 @@ async fn obtain(
     // Reserve the claimed size against the VM's cap before reading anything.
     let cap = shared.config.load().cfg.server.per_vm_spool_cap;
     let reserve = ev.size;
-    let before = ctx.vm.spooled.fetch_add(reserve, Ordering::Relaxed);
-    let guard = SpoolGuard {
-        vm: ctx.vm.clone(),
-        bytes: reserve,
-    };
-    if before.saturating_add(reserve) > cap {
-        drop(guard);
+    let Some(guard) = SpoolGuard::reserve(&ctx.vm, reserve, cap) else {
         drop(reads); // nothing was asked for
         return Ok(Decided {
             outcome: Arc::new(Outcome::Error(format!(
@@ -643,7 +649,7 @@ async fn obtain(
             hash: None,
             cached: false,
         });
-    }
+    };
     let (body, hash, size) =
         match read_content(ctx, ev, content, fd, group.cfg.max_file_size, reads).await? {
             Ok(x) => x,
