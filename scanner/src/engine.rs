@@ -734,21 +734,19 @@ pub fn hash_lookup(
     sha1: &[u8; 20],
     sha256: &[u8; 32],
 ) -> Vec<Match> {
-    let lookup = |tables: &HashIndex, out: &mut Vec<Match>| {
-        push_names(tables.lookup(HashKind::Md5, size, md5), MatchKind::Md5, out);
-        push_names(
-            tables.lookup(HashKind::Sha1, size, sha1),
-            MatchKind::Sha1,
-            out,
-        );
-        push_names(
-            tables.lookup(HashKind::Sha256, size, sha256),
-            MatchKind::Sha256,
-            out,
-        );
-    };
+    let t = set.hashes();
     let mut out = Vec::new();
-    lookup(set.hashes(), &mut out);
+    push_names(t.lookup(HashKind::Md5, size, md5), MatchKind::Md5, &mut out);
+    push_names(
+        t.lookup(HashKind::Sha1, size, sha1),
+        MatchKind::Sha1,
+        &mut out,
+    );
+    push_names(
+        t.lookup(HashKind::Sha256, size, sha256),
+        MatchKind::Sha256,
+        &mut out,
+    );
     if !out.is_empty() && allow_listed(set, size, md5, sha1, sha256) {
         out.clear();
     }

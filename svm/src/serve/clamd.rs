@@ -62,25 +62,12 @@ pub async fn start(
                 )
             })?;
         let l = bind_unix(path, mode)?;
-        let (shared, slots, mut stop) = (shared.clone(), slots.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let accepted = tokio::select! {
-                    a = l.accept() => a,
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let queue = super::fdpass::FdQueue::default();
-                    let stream = super::fdpass::FdStream::new(stream, queue.clone());
-                    serve_conn(stream, Some(queue), shared).await;
-                    drop(permit);
-                });
-            }
+        accept_loop(l, slots.clone(), shared.clone(), stop.clone(), |stream| {
+            let queue = super::fdpass::FdQueue::default();
+            (
+                super::fdpass::FdStream::new(stream, queue.clone()),
+                Some(queue),
+            )
         });
     }
     if let Some(addr) = &cfg.tcp {
@@ -88,26 +75,40 @@ pub async fn start(
             .await
             .with_context(|| format!("binding [clamd] tcp {addr}"))?;
         eprintln!("svm serve: clamd protocol on tcp {}", l.local_addr()?);
-        let (shared, mut stop) = (shared.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let accepted = tokio::select! {
-                    a = l.accept() => a,
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    serve_conn(stream, None, shared).await;
-                    drop(permit);
-                });
-            }
-        });
+        accept_loop(l, slots, shared.clone(), stop, |stream| (stream, None));
     }
     Ok(())
+}
+
+/// Accept connections until `stop`, each holding one of `slots` while it is served; `wrap`
+/// turns an accepted stream into what is served (a unix stream collects passed descriptors).
+fn accept_loop<L, S>(
+    mut l: L,
+    slots: Arc<tokio::sync::Semaphore>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    wrap: fn(L::Io) -> (S, Option<super::fdpass::FdQueue>),
+) where
+    L: axum::serve::Listener,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (io, _) = tokio::select! {
+                a = l.accept() => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let (stream, fds) = wrap(io);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                serve_conn(stream, fds, shared).await;
+                drop(permit);
+            });
+        }
+    });
 }
 
 /// Bind the unix socket with `mode`, replacing a stale socket file (not a live one).
