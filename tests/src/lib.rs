@@ -104,8 +104,16 @@ impl Daemon {
             .arg(&cfg)
             .arg("--listen")
             .arg(&socket)
-            .args(["--metrics", "127.0.0.1:0", "--audit-log"])
-            .arg(dir.path().join("audit.jsonl"))
+            .args(["--metrics", "127.0.0.1:0"])
+            // `extra` may name its own audit log (one on a filesystem a test breaks).
+            .args(if extra.contains(&"--audit-log") {
+                Vec::new()
+            } else {
+                vec![
+                    std::ffi::OsString::from("--audit-log"),
+                    dir.path().join("audit.jsonl").into(),
+                ]
+            })
             .args(extra)
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
@@ -257,4 +265,229 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// EICAR, built from pieces so no source file holds it whole.
+pub fn eicar() -> Vec<u8> {
+    [
+        &b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$"[..],
+        b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*",
+    ]
+    .concat()
+}
+
+/// A guest speaking raw protocol frames over a blocking unix stream, where every failure is
+/// an `io::Error` (a test under faults tells a lost connection from a verdict).
+#[derive(Debug)]
+pub struct RawGuest {
+    /// The stream.
+    pub s: std::os::unix::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl RawGuest {
+    /// A guest on a connected stream (reads time out after 15 s).
+    pub fn new(s: std::os::unix::net::UnixStream) -> std::io::Result<RawGuest> {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
+        Ok(RawGuest { s, buf: Vec::new() })
+    }
+
+    /// Connect to the daemon's unix socket and say HELLO.
+    pub fn connect(path: &std::path::Path) -> std::io::Result<RawGuest> {
+        let mut g = RawGuest::new(std::os::unix::net::UnixStream::connect(path)?)?;
+        g.hello("")?;
+        Ok(g)
+    }
+
+    /// Send one message.
+    pub fn send(&mut self, m: &hypervisor_api::proto::Message) -> std::io::Result<()> {
+        use std::io::Write;
+        self.s.write_all(&m.to_frame())
+    }
+
+    /// The next message; `UnexpectedEof` when the connection ends.
+    pub fn recv(&mut self) -> std::io::Result<hypervisor_api::proto::Message> {
+        use std::io::Read;
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        loop {
+            let got = hypervisor_api::proto::decode_frame(
+                &self.buf,
+                hypervisor_api::proto::HARD_MAX_PAYLOAD,
+            )
+            .map_err(|e| bad(e.to_string()))?;
+            if let Some((m, n)) = got {
+                self.buf.drain(..n);
+                return Ok(m);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.s.read(&mut chunk)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => self
+                    .buf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            }
+        }
+    }
+
+    /// HELLO (with `vm` as the claimed name, "" for none), then the WELCOME.
+    pub fn hello(&mut self, vm: &str) -> std::io::Result<hypervisor_api::proto::Welcome> {
+        use hypervisor_api::proto::{caps, Hello, Message, OsKind};
+        self.send(&Message::Hello(Hello {
+            proto_version: 1,
+            os: OsKind::Linux,
+            os_detail: "test".into(),
+            agent_version: "raw-test".into(),
+            capabilities: caps::READ | caps::INLINE,
+            vm_name: vm.into(),
+        }))?;
+        match self.recv()? {
+            Message::Welcome(w) => Ok(w),
+            other => Err(std::io::Error::other(format!(
+                "expected WELCOME, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The verdict for request `id` (other verdicts and INVALIDATEs are skipped).
+    pub fn verdict(&mut self, id: u64) -> std::io::Result<hypervisor_api::proto::VerdictMsg> {
+        use hypervisor_api::proto::Message;
+        loop {
+            match self.recv()? {
+                Message::Verdict(v) if v.request_id == id => return Ok(v),
+                Message::Verdict(_) | Message::Invalidate(_) => {}
+                other => {
+                    return Err(std::io::Error::other(format!(
+                        "expected VERDICT {id}, got {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// An inline `open` of `data` (file identity `id`), and its verdict.
+    pub fn scan(
+        &mut self,
+        id: u64,
+        data: &[u8],
+    ) -> std::io::Result<hypervisor_api::proto::VerdictMsg> {
+        self.send(&inline_open(id, data))?;
+        self.verdict(id)
+    }
+}
+
+/// An inline `open` event of `data` as request `id` (also its file identity and path).
+pub fn inline_open(id: u64, data: &[u8]) -> hypervisor_api::proto::Message {
+    use hypervisor_api::proto::{Content, FileEvent, FileIdentity, FileOp, Message};
+    Message::FileEvent(FileEvent {
+        request_id: id,
+        op: FileOp::Open,
+        deadline_ms: 0,
+        identity: FileIdentity::Posix {
+            dev: 8,
+            ino: id,
+            size: data.len() as u64,
+            mtime_ns: 1_700_000_000_000_000_000,
+            ctime_ns: 1_700_000_000_000_000_000,
+        },
+        size: data.len() as u64,
+        path: format!("/srv/file-{id}").into_bytes(),
+        content: Content::Inline(data.to_vec()),
+    })
+}
+
+/// Whether a verdict says infected by the signature `name`.
+pub fn infected_by(v: &hypervisor_api::proto::VerdictMsg, name: &str) -> bool {
+    matches!(&v.status, hypervisor_api::proto::WireStatus::Infected(n) if n.iter().any(|x| x == name))
+}
+
+/// One HTTP/1.1 request over a unix socket (the admin API): (status, body); status 0 when
+/// nothing came back.
+pub fn http_unix(sock: &std::path::Path, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: svm\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// A publisher key pair made by `svm sigs keygen`: (secret key, public key).
+pub fn publisher_keys(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
+    let o = svm([
+        "sigs".as_ref(),
+        "keygen".as_ref(),
+        "-o".as_ref(),
+        prefix.as_os_str(),
+    ]);
+    assert_eq!(code(&o), 0, "{o:?}");
+    (prefix.with_extension("key"), prefix.with_extension("pub"))
+}
+
+/// A bundle of `files` at `version` in `dir`, built and signed with `svm sigs build/sign`.
+pub fn signed_bundle(
+    dir: &std::path::Path,
+    name: &str,
+    version: u64,
+    files: &[(&str, &[u8])],
+    key: &std::path::Path,
+) -> Vec<u8> {
+    let src = dir.join(format!("src-{name}"));
+    std::fs::create_dir_all(&src).unwrap_or_else(|e| panic!("mkdir {}: {e}", src.display()));
+    for (f, data) in files {
+        std::fs::write(src.join(f), data).unwrap_or_else(|e| panic!("write {f}: {e}"));
+    }
+    let out = dir.join(format!("{name}.svmb"));
+    let v = version.to_string();
+    let build: [&std::ffi::OsStr; 7] = [
+        "sigs".as_ref(),
+        "build".as_ref(),
+        src.as_os_str(),
+        "--set-version".as_ref(),
+        v.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    let o = svm(build);
+    assert_eq!(code(&o), 0, "{o:?}");
+    let sign: [&std::ffi::OsStr; 5] = [
+        "sigs".as_ref(),
+        "sign".as_ref(),
+        out.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+    ];
+    let o = svm(sign);
+    assert_eq!(code(&o), 0, "{o:?}");
+    std::fs::read(&out).unwrap_or_else(|e| panic!("read {}: {e}", out.display()))
+}
+
+/// Whether this process runs as root; if not, says which test is skipped and why.
+pub fn root_or_skip(why: &str) -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
+    if uid == "0" {
+        return true;
+    }
+    eprintln!("SKIPPED: not root (uid {uid}); needed to {why}");
+    false
 }
