@@ -1,7 +1,7 @@
-//! The bzip2 container reader on hostile bytes (see archive_common.rs).
+//! The bzip2 container reader on hostile bytes (checks in harness.rs).
 #![no_main]
 
-#[path = "archive_common.rs"]
-mod common;
+#[path = "harness.rs"]
+mod harness;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| common::check(scanner::containers::Kind::Bzip2, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::archive(scanner::containers::Kind::Bzip2, data));

@@ -1,7 +1,7 @@
-//! The zip container reader on hostile bytes (see archive_common.rs).
+//! The zip container reader on hostile bytes (checks in harness.rs).
 #![no_main]
 
-#[path = "archive_common.rs"]
-mod common;
+#[path = "harness.rs"]
+mod harness;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| common::check(scanner::containers::Kind::Zip, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::archive(scanner::containers::Kind::Zip, data));

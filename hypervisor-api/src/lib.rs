@@ -2,7 +2,8 @@
 //! in guests and hypervisor introspection.
 //!
 //! It holds the identity newtypes, the verdict a guest receives, and [`proto`], the thin-agent
-//! wire protocol (version 1; byte layouts in `docs/protocol.md`).
+//! wire protocol (version 1; byte layouts in `docs/protocol.md`), and [`clamd`], the parsing
+//! of the clamd protocol that `svm serve` also speaks (command lines and `INSTREAM` chunks).
 //!
 //! ```
 //! use hypervisor_api::{Action, Verdict, VerdictDetail, VmId};
@@ -22,6 +23,9 @@
 // Without `dump` there is no unsafe code at all; `mem` maps dump files (one SAFETY block).
 #![cfg_attr(not(feature = "dump"), forbid(unsafe_code))]
 
+/// The clamd protocol without I/O: command lines, command names and `INSTREAM` chunks,
+/// bounded and panic-free on a hostile client's bytes.
+pub mod clamd;
 #[cfg(feature = "dump")]
 pub mod mem;
 pub mod proto;

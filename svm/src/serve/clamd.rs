@@ -23,6 +23,10 @@ use super::pipeline::{scan_request, EventCtx, Outcome, SigState, SpoolGuard};
 use super::Shared;
 use crate::config::ClamdConfig;
 use anyhow::{Context, Result};
+use hypervisor_api::clamd::{
+    legacy_command, parse_command, split_command, ChunkDecoder, Command, Delim, ParseError,
+    ScanMode, Step,
+};
 use hypervisor_api::proto::{Content, FileEvent, FileIdentity, FileOp};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -31,8 +35,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-/// The longest command line accepted (clamd: a path of up to PATH_MAX and the command).
-const MAX_COMMAND: usize = 8192;
 /// How long an unprefixed command without its newline may pause before it is taken as is.
 const LEGACY_PAUSE: Duration = Duration::from_millis(200);
 /// The most files one `SCAN` of a directory visits.
@@ -129,24 +131,6 @@ fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
-/// How a command (and its reply) ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delim {
-    /// `z`: NUL.
-    Nul,
-    /// `n`, or no prefix: newline.
-    Newline,
-}
-
-impl Delim {
-    fn byte(self) -> u8 {
-        match self {
-            Delim::Nul => 0,
-            Delim::Newline => b'\n',
-        }
-    }
-}
-
 /// Why a connection ends.
 #[derive(Debug)]
 enum End {
@@ -198,10 +182,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn run(&mut self) -> Result<(), End> {
         let (delim, cmd) = self.command().await?;
-        if cmd == "IDSESSION" {
+        if cmd == Ok(Command::IdSession) {
             return self.session(delim).await;
         }
-        let replies = self.execute(&cmd, delim, false).await?;
+        let replies = self.execute(cmd, delim, false).await?;
         for r in replies {
             self.reply(delim, &r).await?;
         }
@@ -215,16 +199,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // Replies keep the session's terminator, whatever each command used.
             let (_, cmd) = self.command().await?;
             n += 1;
-            if cmd == "END" {
-                return Ok(());
+            match cmd {
+                Ok(Command::End) => return Ok(()),
+                Ok(Command::IdSession | Command::Shutdown | Command::Reload | Command::Quit) => {
+                    // clamd's reply, then the session ends.
+                    let r = format!("{n}: Command invalid inside IDSESSION. ERROR");
+                    self.reply(delim, &r).await?;
+                    return Err(End::Close);
+                }
+                _ => {}
             }
-            if matches!(cmd.as_str(), "IDSESSION" | "SHUTDOWN" | "RELOAD" | "QUIT") {
-                // clamd's reply, then the session ends.
-                let r = format!("{n}: Command invalid inside IDSESSION. ERROR");
-                self.reply(delim, &r).await?;
-                return Err(End::Close);
-            }
-            for r in self.execute(&cmd, delim, true).await? {
+            for r in self.execute(cmd, delim, true).await? {
                 self.reply(delim, &format!("{n}: {r}")).await?;
             }
         }
@@ -233,26 +218,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Run one command; its reply lines.
     async fn execute(
         &mut self,
-        cmd: &str,
+        cmd: Result<Command, ParseError>,
         delim: Delim,
         in_session: bool,
     ) -> Result<Vec<String>, End> {
-        let (verb, arg) = match cmd.split_once(' ') {
-            Some((v, a)) => (v, Some(a)),
-            None => (cmd, None),
-        };
         let sigs = self.shared.sigs.load_full();
-        Ok(match (verb, arg) {
-            ("PING", None) => vec!["PONG".into()],
-            ("VERSION", None) => vec![version(&sigs)],
-            ("VERSIONCOMMANDS", None) => vec![format!("{}| COMMANDS: {COMMANDS}", version(&sigs))],
-            ("STATS", None) => vec![self.stats()],
-            ("RELOAD", None) => {
+        Ok(match cmd {
+            Ok(Command::Ping) => vec!["PONG".into()],
+            Ok(Command::Version) => vec![version(&sigs)],
+            Ok(Command::VersionCommands) => {
+                vec![format!("{}| COMMANDS: {COMMANDS}", version(&sigs))]
+            }
+            Ok(Command::Stats) => vec![self.stats()],
+            Ok(Command::Reload) => {
                 let shared = self.shared.clone();
                 tokio::task::spawn_blocking(move || reload(&shared));
                 vec!["RELOADING".into()]
             }
-            ("SHUTDOWN", None) => {
+            Ok(Command::Shutdown) => {
                 if !self.allow_shutdown {
                     vec!["COMMAND UNAVAILABLE".into()]
                 } else {
@@ -264,12 +247,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Err(End::Close);
                 }
             }
-            ("QUIT" | "END", None) if !in_session => return Err(End::Close),
-            ("INSTREAM", None) => vec![self.instream(&sigs).await?],
-            ("FILDES", None) => vec![self.fildes(&sigs).await?],
-            ("SCAN" | "CONTSCAN" | "MULTISCAN" | "ALLMATCHSCAN", Some(path)) => {
-                self.scan_path(verb, path, &sigs).await
-            }
+            Ok(Command::Quit | Command::End) if !in_session => return Err(End::Close),
+            Ok(Command::InStream) => vec![self.instream(&sigs).await?],
+            Ok(Command::Fildes) => vec![self.fildes(&sigs).await?],
+            Ok(Command::Scan { mode, path }) => self.scan_path(mode, &path, &sigs).await,
             _ => {
                 let _ = self.reply(delim, "UNKNOWN COMMAND").await;
                 return Err(End::Close);
@@ -278,49 +259,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Read the next command: `z…\0`, `n…\n`, or `…\n` (or the end of the input).
-    async fn command(&mut self) -> Result<(Delim, String), End> {
+    async fn command(&mut self) -> Result<(Delim, Result<Command, ParseError>), End> {
         loop {
-            let delim = match self.buf.first() {
-                Some(b'z') => Some(Delim::Nul),
-                Some(_) => Some(Delim::Newline),
-                None => None,
-            };
-            if let Some(d) = delim {
-                let skip = usize::from(matches!(self.buf.first(), Some(b'z' | b'n')));
-                if let Some(end) = self.buf.iter().skip(skip).position(|&b| b == d.byte()) {
-                    let line: Vec<u8> = self.buf.drain(..skip + end + 1).collect();
-                    let body = line.get(skip..skip + end).unwrap_or(&[]);
-                    return Ok((d, String::from_utf8_lossy(body).into_owned()));
+            match split_command(&self.buf) {
+                Ok(Some((line, used))) => {
+                    let cmd = (line.delim, parse_command(line.body));
+                    self.buf.drain(..used);
+                    return Ok(cmd);
                 }
-            }
-            if self.buf.len() > MAX_COMMAND {
-                return Err(End::Close);
+                Ok(None) => {}
+                Err(_) => return Err(End::Close),
             }
             // An unprefixed command may come without its newline (old clients): what
             // arrived is the command once the client pauses.
-            let legacy = !self.buf.is_empty() && !matches!(self.buf.first(), Some(b'z' | b'n'));
-            if legacy {
+            if legacy_command(&self.buf).is_some() {
                 match tokio::time::timeout(LEGACY_PAUSE, self.fill()).await {
                     Ok(r) => {
                         if r? > 0 {
                             continue;
                         }
                     }
-                    Err(_) => {
-                        let body = std::mem::take(&mut self.buf);
-                        return Ok((Delim::Newline, String::from_utf8_lossy(&body).into_owned()));
-                    }
+                    Err(_) => return Ok(self.take_legacy()),
                 }
             }
             if self.fill().await? == 0 {
                 // The end of the input ends an unprefixed command (`PING` then EOF).
-                if !self.buf.is_empty() && !matches!(self.buf.first(), Some(b'z' | b'n')) {
-                    let body = std::mem::take(&mut self.buf);
-                    return Ok((Delim::Newline, String::from_utf8_lossy(&body).into_owned()));
+                if legacy_command(&self.buf).is_some() {
+                    return Ok(self.take_legacy());
                 }
                 return Err(End::Close);
             }
         }
+    }
+
+    /// The whole buffer, an unprefixed command without its newline.
+    fn take_legacy(&mut self) -> (Delim, Result<Command, ParseError>) {
+        let body = std::mem::take(&mut self.buf);
+        (Delim::Newline, parse_command(&body))
     }
 
     /// Read more input within the timeout; 0 at the end of the input.
@@ -333,16 +308,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             _ => Err(End::Close),
         }
-    }
-
-    /// Exactly `n` more bytes, taken from the buffer first.
-    async fn take(&mut self, n: usize) -> Result<Vec<u8>, End> {
-        while self.buf.len() < n {
-            if self.fill().await? == 0 {
-                return Err(End::Close);
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
     }
 
     async fn reply(&mut self, delim: Delim, text: &str) -> Result<(), End> {
@@ -360,27 +325,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // so many connections cannot hold `max_connections × max_stream` in memory.
         let cap = self.shared.config.load().cfg.server.per_vm_spool_cap;
         let mut held = Vec::new();
+        let mut dec = ChunkDecoder::new(self.max_stream);
         loop {
-            let len = self.take(4).await?;
-            let n = u32::from_be_bytes(len.try_into().unwrap_or([0; 4])) as u64;
-            if n == 0 {
-                break;
+            match dec.step(&self.buf) {
+                Ok((Step::Data(d), used)) => {
+                    data.extend_from_slice(d);
+                    self.buf.drain(..used);
+                }
+                Ok((Step::Chunk(n), used)) => {
+                    self.buf.drain(..used);
+                    let Some(g) = SpoolGuard::reserve(&self.ctx.vm, u64::from(n), cap) else {
+                        self.shared.metrics.clamd_refused.inc();
+                        return Ok(format!(
+                            "INSTREAM: the spool cap of {cap} bytes for clamd clients is in \
+                             use. ERROR"
+                        ));
+                    };
+                    held.push(g);
+                }
+                Ok((Step::End, used)) => {
+                    self.buf.drain(..used);
+                    break;
+                }
+                Ok((Step::NeedMore, used)) => {
+                    self.buf.drain(..used);
+                    if self.fill().await? == 0 {
+                        return Err(End::Close);
+                    }
+                }
+                Err(_) => {
+                    self.shared.metrics.clamd_refused.inc();
+                    return Ok("INSTREAM size limit exceeded. ERROR".into());
+                }
             }
-            if data.len() as u64 + n > self.max_stream {
-                self.shared.metrics.clamd_refused.inc();
-                return Ok("INSTREAM size limit exceeded. ERROR".into());
-            }
-            let Some(g) = SpoolGuard::reserve(&self.ctx.vm, n, cap) else {
-                self.shared.metrics.clamd_refused.inc();
-                return Ok(format!(
-                    "INSTREAM: the spool cap of {cap} bytes for clamd clients is in use. ERROR"
-                ));
-            };
-            held.push(g);
-            let chunk = self
-                .take(usize::try_from(n).map_err(|_| End::Close)?)
-                .await?;
-            data.extend_from_slice(&chunk);
         }
         // The pipeline reserves the content again when it takes it.
         drop(held);
@@ -439,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// `SCAN`, `CONTSCAN`, `MULTISCAN`, `ALLMATCHSCAN` of a file or a directory tree.
-    async fn scan_path(&mut self, verb: &str, path: &str, sigs: &Arc<SigState>) -> Vec<String> {
+    async fn scan_path(&mut self, mode: ScanMode, path: &str, sigs: &Arc<SigState>) -> Vec<String> {
         let root = PathBuf::from(path);
         let meta = match std::fs::symlink_metadata(&root) {
             Ok(m) => m,
@@ -459,9 +436,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             vec![root.clone()]
         };
         // ALLMATCHSCAN reports every match of the first infected file, like clamd.
-        let stop_at_first = verb == "SCAN" || verb == "ALLMATCHSCAN";
-        let all = verb == "ALLMATCHSCAN";
-        let parallel = if verb == "MULTISCAN" {
+        let stop_at_first = matches!(mode, ScanMode::Scan | ScanMode::AllMatchScan);
+        let all = mode == ScanMode::AllMatchScan;
+        let parallel = if mode == ScanMode::MultiScan {
             MULTISCAN_PARALLEL
         } else {
             1
