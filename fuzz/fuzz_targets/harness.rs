@@ -106,8 +106,10 @@ pub fn elf_core(data: &[u8]) {
             "region {i} outside the input"
         );
         assert!(i == 0 || r.gpa >= last_end, "region {i} overlaps");
-        last_end = r.gpa.checked_add(r.len).unwrap_or(u64::MAX);
-        assert!(last_end != u64::MAX, "region {i} wraps");
+        match r.gpa.checked_add(r.len) {
+            Some(e) => last_end = e,
+            None => panic!("region {i} wraps"),
+        }
     }
 }
 
