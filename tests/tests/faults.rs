@@ -10,7 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use hypervisor_api::proto::{VerdictMsg, WireAction, WireStatus};
+use hypervisor_api::proto::{ErrorCode, Message, VerdictMsg, WireAction, WireStatus};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -470,4 +471,392 @@ fn a_bundle_that_does_not_compile_is_refused_while_guests_scan_on_the_old_set() 
     let v8 = p.bundle(8, &[("fault.ndb", &base_ndb())]);
     assert_eq!(p.push(&v8).0, 200);
     serves(&d, "Fault.Eicar", 8);
+}
+
+/// A VM socket in `dir` as QEMU's chardev binds it, and the guest behind it once the SVM has
+/// connected and the guest said HELLO as `name`.
+fn vm_guest(dir: &Path, name: &str) -> RawGuest {
+    let l = std::os::unix::net::UnixListener::bind(dir.join(format!("{name}.sock"))).unwrap();
+    let (s, _) = l.accept().unwrap();
+    let mut g = RawGuest::new(s).unwrap();
+    assert_eq!(g.hello(name).unwrap().vm, name);
+    g
+}
+
+/// Expect an ERROR with `code`, then the end of the connection.
+fn error_then_close(g: &mut RawGuest, code: ErrorCode, what: &str) {
+    match g.recv() {
+        Ok(Message::Error(e)) => assert_eq!(e.code, code, "{what}: {e:?}"),
+        other => panic!("{what}: expected ERROR {code:?}, got {other:?}"),
+    }
+    let end = g.recv();
+    assert!(end.is_err(), "{what}: still open: {end:?}");
+}
+
+#[test]
+fn stuck_guests_are_timed_out_and_dropped_while_the_others_get_their_verdicts() {
+    // serve.rs covers a frame of 5 header bytes never finished, a frame cut by a half-close,
+    // and a guest that never answers READ_REQ (hostile_input_closes_only_that_connection).
+    // Here: half of a FILE_EVENT left hanging, a frame trickled a byte at a time, and a guest
+    // that stops reading its replies, all at once, while two other VMs scan.
+    let vms = tempfile::tempdir().unwrap();
+    let cfg = "[server]\nframe_timeout_ms = 1000\n[groups.default]\ndeadline_ms = 10000\n";
+    let d = Daemon::start(cfg, &["--vm-socket-dir", vms.path().to_str().unwrap()]);
+    let steady: Vec<RawGuest> = ["steady-a", "steady-b"]
+        .iter()
+        .map(|n| vm_guest(vms.path(), n))
+        .collect();
+    // Half a frame, then nothing (the connection stays open).
+    let mut half = RawGuest::connect(&d.socket).unwrap();
+    let f = inline_open(1, &clean(1)).to_frame();
+    half.s.write_all(&f[..f.len() / 2]).unwrap();
+    // A frame trickled: a byte every 100 ms (each byte in time, the frame not).
+    let mut trickle = RawGuest::connect(&d.socket).unwrap();
+    let mut w = trickle.s.try_clone().unwrap();
+    let dripper = std::thread::spawn(move || {
+        for b in inline_open(2, &infected(2)).to_frame() {
+            if w.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // A guest that never reads: PINGs until the daemon, blocked on its PONGs, stops
+    // reading too (a write here times out).
+    let mut deaf = RawGuest::connect(&d.socket).unwrap();
+    deaf.s
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let pings: Vec<u8> = (0..4096u64)
+        .flat_map(|n| Message::Ping(n).to_frame())
+        .collect();
+    let mut sent = 0usize;
+    loop {
+        match deaf.s.write(&pings) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("the deaf guest's write: {e}"),
+        }
+        assert!(sent < 1 << 30, "the daemon never stopped reading");
+    }
+    // The other VMs get right verdicts, no fallback.
+    let checkers: Vec<_> = steady
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut g)| {
+            std::thread::spawn(move || {
+                for i in 0..20u64 {
+                    let id = (c as u64 + 1) * 1000 + i;
+                    let bad = i % 2 == 0;
+                    let v = g
+                        .scan(id, &if bad { infected(id) } else { clean(id) })
+                        .unwrap();
+                    assert!(right(&v, bad.then_some("Eicar-Test-Signature")), "{v:?}");
+                }
+                g
+            })
+        })
+        .collect();
+    let steady: Vec<RawGuest> = checkers.into_iter().map(|t| t.join().unwrap()).collect();
+    // Each stuck one is timed out and dropped.
+    error_then_close(&mut half, ErrorCode::Timeout, "half a frame");
+    error_then_close(&mut trickle, ErrorCode::Timeout, "trickled frame");
+    dripper.join().unwrap();
+    let end = loop {
+        match deaf.recv() {
+            Ok(Message::Pong(_)) => {}
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset)),
+        "the guest that stopped reading was not dropped: {end:?}"
+    );
+    wait_until("the three timeouts counted", 30, || {
+        d.metric("svm_protocol_errors_total{kind=\"timeout\"}") >= 3.0
+    });
+    wait_until("only the steady connections left", 30, || {
+        d.metric("svm_connections") == 2.0
+    });
+    for action in ["allow", "deny"] {
+        let series =
+            format!("svm_policy_fallbacks_total{{policy=\"on_timeout\",action=\"{action}\"}}");
+        assert_eq!(d.metric(&series), 0.0, "{series}");
+    }
+    assert!(
+        stderr(&d).contains("did not read its replies"),
+        "{}",
+        stderr(&d)
+    );
+    serves(&d, "Eicar-Test-Signature", 1);
+    drop(steady);
+}
+
+/// An ext4 image on a loop device mounted with `errors=remount-ro` at `mnt` (what makes a
+/// real disk turn read-only under open files: a filesystem error); everything mounted at
+/// `mnt` is unmounted when dropped.
+struct Ext4 {
+    mnt: PathBuf,
+    /// `/sys/fs/ext4/loopN/trigger_fs_error`.
+    trigger: PathBuf,
+}
+
+impl Ext4 {
+    /// None (with the reason printed) where this machine cannot do it.
+    fn mount(dir: &Path) -> Option<Ext4> {
+        let (img, mnt) = (dir.join("disk.img"), dir.join("mnt"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .output();
+        if !matches!(&mkfs, Ok(o) if o.status.success()) {
+            eprintln!("SKIPPED: mkfs.ext4 failed or is missing: {mkfs:?}");
+            return None;
+        }
+        let m = run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop,errors=remount-ro".as_ref(),
+                img.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        );
+        if !m.status.success() {
+            eprintln!("SKIPPED: no loop mount here: {m:?}");
+            return None;
+        }
+        let dev = run(
+            "findmnt",
+            &["-no".as_ref(), "SOURCE".as_ref(), mnt.as_os_str()],
+        );
+        let dev = String::from_utf8_lossy(&dev.stdout).trim().to_owned();
+        let name = dev.rsplit('/').next().unwrap_or_default().to_owned();
+        let fs = Ext4 {
+            trigger: PathBuf::from(format!("/sys/fs/ext4/{name}/trigger_fs_error")),
+            mnt,
+        };
+        if !fs.trigger.exists() {
+            eprintln!(
+                "SKIPPED: {} is missing (kernel without it)",
+                fs.trigger.display()
+            );
+            return None;
+        }
+        Some(fs)
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        unmount_all(&self.mnt);
+    }
+}
+
+#[test]
+fn an_audit_log_disk_gone_read_only_drops_records_visibly_and_recovers() {
+    if !root_or_skip("mount an ext4 image and a tmpfs for the audit log") {
+        return;
+    }
+    // A tmpfs cannot be made read-only under an open file (remount,ro fails: busy), and the
+    // daemon keeps its log open, so the disk fails as real ones do: an ext4 error with
+    // errors=remount-ro turns it read-only under the open log. Such a filesystem cannot be
+    // made writable again without unmounting it: the admin mounts a good disk in its place.
+    let p = Publisher::new("[server]\n");
+    let Some(disk) = Ext4::mount(p.dir.path()) else {
+        return;
+    };
+    let log = disk.mnt.join("audit.jsonl");
+    let records = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut d = Daemon::start(&p.cfg, &["--audit-log", log.to_str().unwrap()]);
+    let mut g = RawGuest::connect(&d.socket).unwrap();
+    assert!(right(
+        &g.scan(1, &infected(1)).unwrap(),
+        Some("Eicar-Test-Signature")
+    ));
+    wait_until("the first record", 30, || records().len() == 1);
+
+    std::fs::write(&disk.trigger, "1").unwrap();
+    let probe = std::fs::write(disk.mnt.join("probe"), "x");
+    assert!(probe.is_err(), "the disk did not turn read-only");
+    // Scans and pushes are answered; the records are dropped, counted and logged.
+    for i in 2..5 {
+        assert!(right(
+            &g.scan(i, &infected(i)).unwrap(),
+            Some("Eicar-Test-Signature")
+        ));
+        assert!(right(&g.scan(100 + i, &clean(100 + i)).unwrap(), None));
+    }
+    let (st, body) = p.push(&p.bundle(5, &[("fault.ndb", &base_ndb())]));
+    assert_eq!(st, 200, "{body}");
+    serves(&d, "Fault.Eicar", 5);
+    // Three infected scans, the push, and the infected scan of `serves`.
+    wait_until("5 records counted as dropped", 30, || {
+        d.metric("svm_audit_dropped_total") == 5.0
+    });
+    wait_until("the log line", 30, || {
+        stderr(&d).contains("cannot write the audit log")
+    });
+    assert!(d.alive());
+
+    // A good disk in its place: records are written again.
+    let _ = run("umount", &["-l".as_ref(), disk.mnt.as_os_str()]);
+    let _fresh = Tmpfs::mount(&disk.mnt, "1m");
+    assert!(right(
+        &g.scan(9, &infected(9)).unwrap(),
+        Some("Fault.Eicar")
+    ));
+    wait_until("a record on the new disk", 30, || {
+        records().iter().any(|r| r.contains("Fault.Eicar"))
+    });
+    wait_until("the recovery log line", 30, || {
+        stderr(&d).contains("is written again")
+    });
+    for r in records() {
+        serde_json::from_str::<serde_json::Value>(&r).unwrap_or_else(|e| panic!("{e}: {r}"));
+    }
+    assert_eq!(d.metric("svm_audit_dropped_total"), 5.0);
+    assert!(!stderr(&d).contains("panicked"));
+    drop(d);
+}
+
+/// A QEMU that never runs its guest (`-S`), with its RAM in `ram` and QMP on `qmp`; killed
+/// on drop.
+struct Qemu(std::process::Child);
+
+impl Qemu {
+    fn start(ram: &Path, qmp: &Path) -> Qemu {
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35,accel=tcg,memory-backend=mem", "-m", "64M"])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=mem,size=64M,mem-path={},share=on",
+                ram.display()
+            ))
+            .args(["-S", "-display", "none", "-nodefaults", "-monitor", "none"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let q = Qemu(child);
+        wait_until("QEMU's QMP", 60, || {
+            hypervisor_api::qmp::Qmp::connect(qmp, Duration::from_secs(5)).is_ok()
+        });
+        q
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Memory payload `n`, built from pieces so no source file holds it whole.
+fn mem_marker(n: &str) -> Vec<u8> {
+    [
+        &b"svm-fault-"[..],
+        b"mem-",
+        n.as_bytes(),
+        b"-0123456789abcdef",
+    ]
+    .concat()
+}
+
+#[test]
+fn a_vanished_qemu_is_logged_and_counted_and_a_new_one_swept() {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed (.ci/run installs it)");
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, qmp, db) = (
+        dir.path().join("ram"),
+        dir.path().join("qmp.sock"),
+        dir.path().join("sigs.ndb"),
+    );
+    std::fs::write(
+        &db,
+        format!(
+            "Fault.Eicar:0:0:{}\nFault.Mem.One:0:*:{}\nFault.Mem.Two:0:*:{}\n",
+            hex(&eicar()),
+            hex(&mem_marker("one")),
+            hex(&mem_marker("two"))
+        ),
+    )
+    .unwrap();
+    let poke = |at: u64, what: &[u8]| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&ram)
+            .unwrap()
+            .write_all_at(what, at)
+            .unwrap();
+    };
+    let qemu = Qemu::start(&ram, &qmp);
+    poke(0x20_0000 + 100, &mem_marker("one"));
+    let cfg = format!(
+        "[server]\nsweep_interval_ms = 100\nsweep_max_cpu = 0.5\n\
+         [[vm]]\nname = \"memvm\"\nqemu_ram = \"{}\"\nqmp = \"{}\"\n",
+        ram.display(),
+        qmp.display()
+    );
+    let d = Daemon::start(&cfg, &["-d", db.to_str().unwrap()]);
+    d.wait_audit(&["\"op\":\"memory\"", "Fault.Mem.One"], 60);
+
+    // QEMU killed mid-sweep: logged, counted, not swept.
+    drop(qemu);
+    wait_until("the vanished QEMU counted", 30, || {
+        d.metric("svm_memory_errors_total") >= 1.0
+    });
+    assert!(stderr(&d).contains("memory not swept"), "{}", stderr(&d));
+    // File events are served meanwhile.
+    serves(&d, "Fault.Eicar", 1);
+
+    // A new QEMU on the same paths is picked up and its memory swept.
+    let qemu = Qemu::start(&ram, &qmp);
+    poke(0x30_0000 + 200, &mem_marker("two"));
+    d.wait_audit(&["\"op\":\"memory\"", "Fault.Mem.Two"], 60);
+
+    // Its QMP socket removed under it: the same.
+    let errors = d.metric("svm_memory_errors_total");
+    std::fs::remove_file(&qmp).unwrap();
+    wait_until("the removed socket counted", 30, || {
+        d.metric("svm_memory_errors_total") > errors
+    });
+    serves(&d, "Fault.Eicar", 1);
+    drop(qemu);
+    let _qemu = Qemu::start(&ram, &qmp);
+    let repeats = d.metric("svm_memory_repeats_total");
+    poke(0x40_0000 + 300, &mem_marker("one"));
+    wait_until("the third QEMU swept", 60, || {
+        d.metric("svm_memory_repeats_total") > repeats
+    });
+    let mut d = d;
+    assert!(d.alive());
 }

@@ -67,31 +67,50 @@ pub fn start(
                 std::fs::create_dir_all(dir)?;
             }
             Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| anyhow::anyhow!("opening audit log {}: {e}", p.display()))?,
+                open(p).map_err(|e| anyhow::anyhow!("opening audit log {}: {e}", p.display()))?,
             )
         }
         None => Box::new(std::io::stderr()),
     };
     let (tx, rx) = bounded(65_536);
+    let path = path.map(Path::to_path_buf);
     let h = std::thread::Builder::new()
         .name("svm-audit".into())
-        .spawn(move || writer(rx, out, dropped))?;
+        .spawn(move || writer(rx, out, path.as_deref(), dropped))?;
     Ok((Audit { tx }, h))
 }
 
+fn open(p: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+}
+
+/// Writes records as they come. When the log cannot be written (its disk full, read-only,
+/// or gone) the records are dropped and counted, verdicts never wait, the failure is logged
+/// once, and before each later batch the log is opened again by its path: a disk remounted
+/// or replaced after an error is written to again (and that is logged too).
 fn writer(
     rx: Receiver<Record>,
     mut out: Box<dyn Write + Send>,
+    path: Option<&Path>,
     dropped: prometheus_client::metrics::counter::Counter,
 ) {
     let mut line = Vec::with_capacity(512);
+    // Records dropped since writing started to fail.
+    let mut failing: Option<u64> = None;
+    let shown = || path.map_or_else(|| "<stderr>".into(), |p| p.display().to_string());
     while let Ok(rec) = rx.recv() {
         let mut batch = vec![rec];
         batch.extend(rx.try_iter().take(1023));
+        if let (Some(_), Some(p)) = (failing, path) {
+            if let Ok(f) = open(p) {
+                out = Box::new(f);
+            }
+        }
+        let mut error = None;
+        let mut lost = 0;
         for r in batch {
             line.clear();
             if serde_json::to_writer(&mut line, &r).is_err() {
@@ -99,12 +118,33 @@ fn writer(
                 continue;
             }
             line.push(b'\n');
-            if out.write_all(&line).is_err() {
-                dropped.inc();
+            if let Err(e) = out.write_all(&line) {
+                lost += 1;
+                error.get_or_insert(e);
             }
         }
-        if out.flush().is_err() {
-            dropped.inc();
+        if let Err(e) = out.flush() {
+            error.get_or_insert(e);
+        }
+        dropped.inc_by(lost);
+        match (error, failing) {
+            (Some(e), None) => {
+                tracing::error!(
+                    "cannot write the audit log {}: {e}; its records are dropped and counted \
+                     (svm_audit_dropped_total) until it can be written again",
+                    shown()
+                );
+                failing = Some(lost);
+            }
+            (Some(_), Some(n)) => failing = Some(n + lost),
+            (None, Some(n)) => {
+                tracing::warn!(
+                    "the audit log {} is written again ({n} records were dropped)",
+                    shown()
+                );
+                failing = None;
+            }
+            (None, None) => {}
         }
     }
 }

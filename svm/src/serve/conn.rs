@@ -80,6 +80,7 @@ pub async fn serve_conn<S>(
     let mut ctx: Option<EventCtx> = None;
     let mut draining = *stop.borrow();
     let mut read_open = true;
+    let mut write_stalled = false;
     let fatal: Option<(ErrorCode, String)> = 'conn: loop {
         // Handle every complete frame in the buffer.
         loop {
@@ -127,8 +128,23 @@ pub async fn serve_conn<S>(
             }
         }
         if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
-                break 'conn None;
+            // A guest that stops reading its replies must not hold this connection (and
+            // the events waiting to answer on it) forever: replies, like frames, must go
+            // through within frame_timeout_ms.
+            match tokio::time::timeout(frame_timeout, wr.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break 'conn None,
+                Err(_) => {
+                    out.clear();
+                    write_stalled = true;
+                    break 'conn Some((
+                        ErrorCode::Timeout,
+                        format!(
+                            "the guest did not read its replies within {} ms",
+                            frame_timeout.as_millis()
+                        ),
+                    ));
+                }
             }
             out.clear();
             if out.capacity() > 64 << 10 {
@@ -189,8 +205,10 @@ pub async fn serve_conn<S>(
         } else {
             shared.metrics.logs_suppressed.inc();
         }
-        out.extend_from_slice(&error_frame(code, 0, &msg));
-        let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&out)).await;
+        if !write_stalled {
+            out.extend_from_slice(&error_frame(code, 0, &msg));
+            let _ = tokio::time::timeout(Duration::from_secs(2), wr.write_all(&out)).await;
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
     shared.metrics.connections.dec();

@@ -14,6 +14,9 @@
 //!   (pause, then `dump-guest-memory` into `forensics_dir`).
 //! - A supervisor follows configuration reloads (SIGHUP): sweepers start and stop with the
 //!   `[[vm]]` entries.
+//! - With `qmp`, each round first checks that QEMU listens on it: while it does not (QEMU
+//!   killed, the socket removed) the VM is not swept, which is logged and counted in
+//!   `svm_memory_errors_total`, and a new QEMU on the socket is picked up with its layout.
 //! - Sweeper threads run at nice 19: file events, whose guests wait on a deadline, go first.
 //!
 //! A round never takes more than `sweep_max_cpu` of one CPU: after a round that took `t`,
@@ -201,6 +204,23 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
             }
             ram = None;
         }
+        // With `qmp`, the VM is the QEMU behind it: when that is gone (killed, or its
+        // socket removed) the RAM file is no longer a running guest's memory and its layout
+        // may not hold for the next QEMU. Its memory is then not swept, which is counted and
+        // logged (never reported as swept); the sweeper opens it again, with the layout of a
+        // new QEMU, once one answers on the socket.
+        if let (Some(_), Some(sock)) = (&ram, &vm.qmp) {
+            if let Err(e) = qmp_listening(sock) {
+                tracing::warn!(vm = %vm.name,
+                    "QEMU's QMP socket {} does not answer ({e}): memory not swept until a QEMU is back",
+                    sock.display());
+                m.mem_errors.inc();
+                ram = None;
+                logged_error = true;
+                nap(stop, interval);
+                continue;
+            }
+        }
         if ram.is_none() {
             prev.clear();
             match open_ram(vm, &path) {
@@ -240,6 +260,22 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
         let busy = t0.elapsed();
         let rest = busy.mul_f64(1.0 / share - 1.0);
         nap(stop, rest.max(interval.saturating_sub(busy)));
+    }
+}
+
+/// Whether something listens on the QMP socket `sock`: a non-blocking connect, closed at
+/// once (it never waits on a QEMU that is stopped or busy; a full queue is a listener).
+fn qmp_listening(sock: &std::path::Path) -> std::io::Result<()> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    match rustix::net::connect(&fd, &SocketAddrUnix::new(sock)?) {
+        Ok(()) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INPROGRESS) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
