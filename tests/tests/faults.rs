@@ -264,12 +264,13 @@ fn kill_9_under_load_loses_no_verdict_and_the_restart_serves_the_persisted_set()
             "client {c}: wrong verdicts {:?}",
             l.wrong
         );
-        assert!(l.verdicts > 0, "client {c}: {l:?}");
         assert!(
             l.ended.is_some(),
             "client {c} never saw the daemon die: {l:?}"
         );
     }
+    let total: u64 = loads.iter().map(|l| l.verdicts).sum();
+    assert!(total >= 400, "{loads:?}");
     match stalled.verdict(1) {
         Err(e) => eprintln!("the stalled scan's guest saw: {e}"),
         Ok(v) => panic!("a verdict from a killed daemon: {v:?}"),
@@ -534,10 +535,14 @@ fn stuck_guests_are_timed_out_and_dropped_while_the_others_get_their_verdicts() 
     loop {
         match deaf.s.write(&pings) {
             Ok(n) => sent += n,
+            // Blocked; or, on a machine slow to run this loop, already dropped.
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
                 ) =>
             {
                 break
