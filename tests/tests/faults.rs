@@ -865,3 +865,66 @@ fn a_vanished_qemu_is_logged_and_counted_and_a_new_one_swept() {
     let mut d = d;
     assert!(d.alive());
 }
+
+#[test]
+fn a_full_audit_disk_loses_no_record_uncounted_and_keeps_one_record_a_line() {
+    if !root_or_skip("mount a small tmpfs for the audit log") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("audit"), "64k");
+    let log = disk.0.join("audit.jsonl");
+    let d = Daemon::start("[server]\n", &["--audit-log", log.to_str().unwrap()]);
+    // Fill the disk, then free two pages: room for some records, not for all, and the
+    // first that does not fit is cut short.
+    let filler = disk.0.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while f.write_all(&[0u8; 4096]).is_ok() {}
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(8192)).unwrap();
+    drop(f);
+    let mut g = RawGuest::connect(&d.socket).unwrap();
+    let mut scans = 0;
+    while d.metric("svm_audit_dropped_total") < 1.0 {
+        scans += 1;
+        assert!(scans < 500, "the audit log never filled its disk");
+        let v = g.scan(scans, &infected(scans)).unwrap();
+        assert!(right(&v, Some("Eicar-Test-Signature")), "{v:?}");
+    }
+    wait_until("the log line", 30, || {
+        stderr(&d).contains("cannot write the audit log")
+    });
+    // Room again: the next record is written, on a line of its own.
+    std::fs::remove_file(&filler).unwrap();
+    scans += 1;
+    assert!(right(
+        &g.scan(scans, &infected(scans)).unwrap(),
+        Some("Eicar-Test-Signature")
+    ));
+    let last = format!("\"path\":\"/srv/file-{scans}\"");
+    let parsed = || -> (usize, Vec<String>) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let bad: Vec<String> = text
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+            .map(str::to_owned)
+            .collect();
+        (text.lines().count() - bad.len(), bad)
+    };
+    wait_until("the record after the recovery", 30, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&last)
+    });
+    let (good, bad) = parsed();
+    // At most the record the full disk cut is not JSON; every record is in the log or
+    // counted as dropped.
+    assert!(
+        bad.len() <= 1 && !bad.iter().any(|l| l.contains(&last)),
+        "{bad:?}"
+    );
+    let dropped = d.metric("svm_audit_dropped_total");
+    assert_eq!(good as f64 + dropped, scans as f64, "{bad:?}");
+    assert!(stderr(&d).contains("is written again"), "{}", stderr(&d));
+    drop(d);
+}

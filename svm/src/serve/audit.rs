@@ -61,22 +61,23 @@ pub fn start(
     path: Option<&Path>,
     dropped: prometheus_client::metrics::counter::Counter,
 ) -> anyhow::Result<(Audit, std::thread::JoinHandle<()>)> {
-    let out: Box<dyn Write + Send> = match path {
+    let (out, id): (Box<dyn Write + Send>, _) = match path {
         Some(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            Box::new(
-                open(p).map_err(|e| anyhow::anyhow!("opening audit log {}: {e}", p.display()))?,
-            )
+            let f =
+                open(p).map_err(|e| anyhow::anyhow!("opening audit log {}: {e}", p.display()))?;
+            let id = file_id(&f);
+            (Box::new(f), id)
         }
-        None => Box::new(std::io::stderr()),
+        None => (Box::new(std::io::stderr()), None),
     };
     let (tx, rx) = bounded(65_536);
     let path = path.map(Path::to_path_buf);
     let h = std::thread::Builder::new()
         .name("svm-audit".into())
-        .spawn(move || writer(rx, out, path.as_deref(), dropped))?;
+        .spawn(move || writer(rx, out, id, path.as_deref(), dropped))?;
     Ok((Audit { tx }, h))
 }
 
@@ -87,25 +88,65 @@ fn open(p: &Path) -> std::io::Result<std::fs::File> {
         .open(p)
 }
 
+/// Which file this is (device, inode).
+fn file_id(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Write one record's line. A record cut short by an error (a full disk takes part of it)
+/// sets `torn`; the next record then starts with a newline, so that it, and every record
+/// after it, stays a line of its own.
+fn write_line(out: &mut dyn Write, line: &[u8], torn: &mut bool) -> std::io::Result<()> {
+    if *torn {
+        out.write_all(b"\n")?;
+        *torn = false;
+    }
+    let mut done = 0;
+    while let Some(rest) = line.get(done..).filter(|r| !r.is_empty()) {
+        match out.write(rest) {
+            Ok(0) => {
+                *torn = done > 0;
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                *torn = done > 0;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes records as they come. When the log cannot be written (its disk full, read-only,
 /// or gone) the records are dropped and counted, verdicts never wait, the failure is logged
 /// once, and before each later batch the log is opened again by its path: a disk remounted
-/// or replaced after an error is written to again (and that is logged too).
+/// or replaced after an error is written to again (and that is logged too). `id`: which
+/// file `out` is.
 fn writer(
     rx: Receiver<Record>,
     mut out: Box<dyn Write + Send>,
+    mut id: Option<(u64, u64)>,
     path: Option<&Path>,
     dropped: prometheus_client::metrics::counter::Counter,
 ) {
     let mut line = Vec::with_capacity(512);
     // Records dropped since writing started to fail.
     let mut failing: Option<u64> = None;
+    // The last record written was cut short (in the file `id`).
+    let mut torn = false;
     let shown = || path.map_or_else(|| "<stderr>".into(), |p| p.display().to_string());
     while let Ok(rec) = rx.recv() {
         let mut batch = vec![rec];
         batch.extend(rx.try_iter().take(1023));
         if let (Some(_), Some(p)) = (failing, path) {
             if let Ok(f) = open(p) {
+                let now = file_id(&f);
+                // A cut record in another file (the old disk) needs no newline here.
+                torn &= now == id;
+                id = now;
                 out = Box::new(f);
             }
         }
@@ -118,7 +159,7 @@ fn writer(
                 continue;
             }
             line.push(b'\n');
-            if let Err(e) = out.write_all(&line) {
+            if let Err(e) = write_line(&mut out, &line, &mut torn) {
                 lost += 1;
                 error.get_or_insert(e);
             }
