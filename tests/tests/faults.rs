@@ -840,6 +840,11 @@ fn a_vanished_qemu_is_logged_and_counted_and_a_new_one_swept() {
         d.metric("svm_memory_errors_total") >= 1.0
     });
     assert!(stderr(&d).contains("memory not swept"), "{}", stderr(&d));
+    let rec = d.wait_audit(&["\"op\":\"memory\"", "\"result\":\"unscanned\""], 30);
+    assert!(
+        rec.contains("\"vm\":\"memvm\"") && rec.contains("QMP socket"),
+        "{rec}"
+    );
     // File events are served meanwhile.
     serves(&d, "Fault.Eicar", 1);
 
@@ -854,6 +859,7 @@ fn a_vanished_qemu_is_logged_and_counted_and_a_new_one_swept() {
     wait_until("the removed socket counted", 30, || {
         d.metric("svm_memory_errors_total") > errors
     });
+    d.wait_audit(&["\"result\":\"unscanned\"", "memvm", "No such file"], 30);
     serves(&d, "Fault.Eicar", 1);
     drop(qemu);
     let _qemu = Qemu::start(&ram, &qmp);

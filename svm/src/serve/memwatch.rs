@@ -15,8 +15,8 @@
 //! - A supervisor follows configuration reloads (SIGHUP): sweepers start and stop with the
 //!   `[[vm]]` entries.
 //! - With `qmp`, each round first checks that QEMU listens on it: while it does not (QEMU
-//!   killed, the socket removed) the VM is not swept, which is logged and counted in
-//!   `svm_memory_errors_total`, and a new QEMU on the socket is picked up with its layout.
+//!   killed, the socket removed) the VM is not swept, which is logged, audited (op `memory`,
+//!   result `unscanned`) and counted in `svm_memory_errors_total`, and a new QEMU on the socket is picked up with its layout.
 //! - Sweeper threads run at nice 19: file events, whose guests wait on a deadline, go first.
 //!
 //! A round never takes more than `sweep_max_cpu` of one CPU: after a round that took `t`,
@@ -215,6 +215,7 @@ fn sweep(shared: &Shared, vm: &VmConfig, stop: &AtomicBool, seen: &PageSeen) {
                     "QEMU's QMP socket {} does not answer ({e}): memory not swept until a QEMU is back",
                     sock.display());
                 m.mem_errors.inc();
+                unswept(shared, vm, &format!("QMP socket {}: {e}", sock.display()));
                 ram = None;
                 logged_error = true;
                 nap(stop, interval);
@@ -412,6 +413,31 @@ impl Round<'_> {
         detected(self.shared, self.vm, name, &place, version);
         self.reported.insert(name.to_owned(), Instant::now());
     }
+}
+
+/// Audit that a VM's memory is not swept any more (per VM; the metrics only count).
+fn unswept(shared: &Shared, vm: &VmConfig, reason: &str) {
+    let cfg = shared.config.load();
+    shared.audit.log(
+        Record {
+            time: now_rfc3339(),
+            vm: Arc::from(vm.name.as_str()),
+            group: cfg.group_of(&vm.name).name.clone(),
+            op: "memory",
+            path: String::new(),
+            content_hash: None,
+            signatures: Vec::new(),
+            sigset_version: shared.sigs.load().version,
+            action: "none",
+            result: "unscanned",
+            policy: None,
+            reason: Some(format!("memory not swept: {reason}")),
+            cached: false,
+            latency_ms: 0.0,
+            session: 0,
+        },
+        &shared.metrics.audit_dropped,
+    );
 }
 
 fn detected(shared: &Shared, vm: &VmConfig, name: &str, place: &str, version: u64) {
