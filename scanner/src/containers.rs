@@ -9,6 +9,7 @@
 //! ends self-referencing archives.
 
 use std::io::{Cursor, Read};
+use std::time::Instant;
 
 /// ClamAV-style limits on what is unpacked from one scanned object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,10 @@ pub struct ArchiveLimits {
     pub max_total: u64,
     /// Bytes of one member (ClamAV's `MaxFileSize`).
     pub max_member: u64,
+    /// Bytes unpacked from one container may be at most this many times its own size (above
+    /// [`RATIO_FLOOR`]); 0 = no ratio limit. Stops decompression bombs early, before the size
+    /// limits are reached.
+    pub max_ratio: u32,
     /// Report a limit hit as the detection `Heuristics.Limits.Exceeded` (ClamAV's
     /// `AlertExceedsMax`) instead of unscanned.
     pub alert_exceeds_max: bool,
@@ -33,6 +38,7 @@ impl Default for ArchiveLimits {
             max_files: 10_000,
             max_total: 400 << 20,
             max_member: 100 << 20,
+            max_ratio: 1000,
             alert_exceeds_max: false,
         }
     }
@@ -78,14 +84,23 @@ pub fn detect(data: &[u8]) -> Option<Kind> {
     }
 }
 
+/// Every container may unpack this much whatever its ratio.
+pub const RATIO_FLOOR: u64 = 1 << 20;
+
 /// What is left of the limits while one object is unpacked.
 #[derive(Debug, Clone)]
 pub struct Budget {
     files: u32,
     bytes: u64,
     member: u64,
+    ratio: u64,
+    /// What the container being unpacked may still yield under the ratio limit.
+    room: u64,
+    deadline: Option<Instant>,
     /// The first limit that was hit, if any: the object was not fully scanned.
     pub exceeded: Option<String>,
+    /// Unpacking stopped at the deadline.
+    pub timed_out: bool,
 }
 
 impl Budget {
@@ -95,8 +110,18 @@ impl Budget {
             files: l.max_files,
             bytes: l.max_total,
             member: l.max_member,
+            ratio: u64::from(l.max_ratio),
+            room: u64::MAX,
+            deadline: None,
             exceeded: None,
+            timed_out: false,
         }
+    }
+
+    /// Stop decompressing at `deadline` (the object's scan-time limit).
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     fn exceed(&mut self, what: String) {
@@ -112,19 +137,66 @@ impl Budget {
             return Ok(None);
         }
         self.files -= 1;
-        let cap = self.member.min(self.bytes);
+        let cap = self.member.min(self.bytes).min(self.room);
         let mut out = Vec::new();
-        r.take(cap.saturating_add(1)).read_to_end(&mut out)?;
+        let r = Timed {
+            inner: r,
+            deadline: self.deadline,
+        };
+        match r.take(cap.saturating_add(1)).read_to_end(&mut out) {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.timed_out = true;
+                return Ok(None);
+            }
+            r => r?,
+        };
         if out.len() as u64 > cap {
             self.exceed(if cap == self.member {
                 format!("{name}: a member over {} bytes", self.member)
-            } else {
+            } else if cap == self.bytes {
                 "archive content over the total scan size".to_owned()
+            } else {
+                format!(
+                    "{name}: unpacks to over {} times its container's size",
+                    self.ratio
+                )
             });
             return Ok(None);
         }
         self.bytes -= out.len() as u64;
+        self.room = self.room.saturating_sub(out.len() as u64);
         Ok(Some(out))
+    }
+
+    /// Start unpacking a container of `len` bytes: returns the outer container's room, for
+    /// [`Budget::end_container`].
+    fn begin_container(&mut self, len: usize) -> u64 {
+        let outer = self.room;
+        self.room = if self.ratio == 0 {
+            u64::MAX
+        } else {
+            (len as u64).saturating_mul(self.ratio).max(RATIO_FLOOR)
+        };
+        outer
+    }
+
+    fn end_container(&mut self, outer: u64, used: u64) {
+        self.room = outer.saturating_sub(used);
+    }
+}
+
+/// A reader that fails with `TimedOut` once its deadline has passed.
+struct Timed<R> {
+    inner: R,
+    deadline: Option<Instant>,
+}
+
+impl<R: Read> Read for Timed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -141,6 +213,21 @@ pub enum Flow {
 /// or truncated container yields the members before the damage and then `Err` with what went
 /// wrong; limits are recorded in the budget, not returned.
 pub fn for_each_member(
+    kind: Kind,
+    data: &[u8],
+    budget: &mut Budget,
+    f: &mut dyn FnMut(&str, &[u8], &mut Budget) -> Flow,
+) -> Result<(), String> {
+    let outer = budget.begin_container(data.len());
+    let before = budget.bytes;
+    let r = members_of(kind, data, budget, f);
+    // What this container unpacked (nested ones included) counts against the outer room.
+    let used = before.saturating_sub(budget.bytes);
+    budget.end_container(outer, used);
+    r
+}
+
+fn members_of(
     kind: Kind,
     data: &[u8],
     budget: &mut Budget,
@@ -169,7 +256,7 @@ pub fn for_each_member(
         }
         Kind::Xz => {
             // lzma-rs writes into a sink; the sink enforces the cap.
-            let cap = budget.member.min(budget.bytes);
+            let cap = budget.member.min(budget.bytes).min(budget.room);
             if budget.files == 0 {
                 budget.exceed("too many files in archives".into());
                 return Ok(());
@@ -179,7 +266,16 @@ pub fn for_each_member(
                 out: Vec::new(),
                 cap,
             };
-            let r = lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut sink);
+            let input = Timed {
+                inner: data,
+                deadline: budget.deadline,
+            };
+            let r = lzma_rs::xz_decompress(&mut std::io::BufReader::new(input), &mut sink);
+            if matches!(&r, Err(lzma_rs::error::Error::IoError(e)) if e.kind() == std::io::ErrorKind::TimedOut)
+            {
+                budget.timed_out = true;
+                return Ok(());
+            }
             if sink.out.len() as u64 > cap
                 || matches!(&r, Err(lzma_rs::error::Error::IoError(e)) if e.kind() == std::io::ErrorKind::WriteZero)
             {
@@ -187,6 +283,7 @@ pub fn for_each_member(
                 return Ok(());
             }
             budget.bytes -= sink.out.len() as u64;
+            budget.room = budget.room.saturating_sub(sink.out.len() as u64);
             if !sink.out.is_empty() {
                 let _ = f("(xz)", &sink.out, budget);
             }
@@ -410,6 +507,49 @@ mod tests {
         let (m, b, _) = members(&t.into_inner().unwrap(), &few);
         assert_eq!(m.len(), 3);
         assert!(b.exceeded.unwrap().contains("too many files"));
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_ratio_and_a_slow_one_at_the_deadline() {
+        // 32 MiB of zeros in bzip2: a ratio far above 1000, under the size limits.
+        let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..32 {
+            enc.write_all(&chunk).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        let limits = ArchiveLimits {
+            max_member: 1 << 30,
+            max_total: 1 << 30,
+            ..ArchiveLimits::default()
+        };
+        let (m, b, _) = members(&bomb, &limits);
+        assert!(m.is_empty());
+        let why = b.exceeded.unwrap();
+        assert!(why.contains("over 1000 times"), "{why}");
+        // Without the ratio limit, it unpacks (the size limits allow it).
+        let (m, b, _) = members(
+            &bomb,
+            &ArchiveLimits {
+                max_ratio: 0,
+                ..limits
+            },
+        );
+        assert_eq!(m.len(), 1);
+        assert!(b.exceeded.is_none());
+        // A deadline already past: nothing is unpacked, and the budget says why.
+        let mut budget = Budget::new(&ArchiveLimits {
+            max_ratio: 0,
+            ..limits
+        })
+        .with_deadline(std::time::Instant::now());
+        let mut n = 0;
+        let _ = for_each_member(Kind::Bzip2, &bomb, &mut budget, &mut |_, _, _| {
+            n += 1;
+            Flow::Continue
+        });
+        assert_eq!(n, 0);
+        assert!(budget.timed_out);
     }
 
     #[test]

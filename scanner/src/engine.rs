@@ -266,7 +266,7 @@ impl<'s> Scanner<'s> {
             };
         }
         let deadline = Instant::now() + self.limits.max_scan_time;
-        let mut budget = Budget::new(&self.limits.archives);
+        let mut budget = Budget::new(&self.limits.archives).with_deadline(deadline);
         let r = self.scan_object(data, None, 0, deadline, &mut budget);
         match (r, budget.exceeded) {
             // Something was not unpacked, and nothing was found: not known to be clean.
@@ -344,6 +344,9 @@ impl<'s> Scanner<'s> {
                     });
                 if let Some(u) = stopped {
                     return u;
+                }
+                if budget.timed_out {
+                    return self.timed_out();
                 }
                 if let Err(e) = r {
                     // A damaged container: its members before the damage were scanned, and
@@ -519,6 +522,10 @@ impl<'s> Scanner<'s> {
         // Anchored signatures are pinned to offsets from a file's start or end.
         let anchored: &[u32] = if memory { &[] } else { bodies.anchored() };
         for &id in anchored {
+            if Instant::now() > deadline {
+                self.reset_found();
+                return Err(Stop::Timeout);
+            }
             let Some(sig) = sigs.get(id as usize) else {
                 continue;
             };
@@ -557,7 +564,13 @@ impl<'s> Scanner<'s> {
                 hits.sort_unstable();
                 hits.dedup();
             }
-            for &pos in &hits {
+            for (n, &pos) in hits.iter().enumerate() {
+                // Verifying one hit may take a pass over the rest of the object (a `*` gap),
+                // so the time limit is checked between hits too, not only between blocks.
+                if n % 64 == 63 && Instant::now() > deadline {
+                    result = Err(Stop::Timeout);
+                    break;
+                }
                 let mut found = std::mem::take(&mut self.atom_buf);
                 found.clear();
                 bodies.atoms().atoms_at(data, pos, |atom| found.push(atom));
@@ -567,6 +580,9 @@ impl<'s> Scanner<'s> {
                 self.atom_buf = found;
             }
             self.hits = hits;
+            if result.is_err() {
+                break;
+            }
             block_start = block_end;
             if block_start < data.len() && Instant::now() > deadline {
                 result = Err(Stop::Timeout);

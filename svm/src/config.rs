@@ -175,6 +175,9 @@ pub struct ServerConfig {
     pub user: Option<String>,
     /// Confine each scanner thread with a seccomp filter before it touches guest data.
     pub seccomp: bool,
+    /// Confine the whole daemon with Landlock to the paths this file names (see
+    /// `svm::serve::confine`).
+    pub landlock: bool,
     /// A directory of QEMU virtio-serial sockets, one per VM (`NAME.sock`).
     pub vm_socket_dir: Option<PathBuf>,
     /// An AF_VSOCK port for guest agents (`svm-agent --connect vsock:2:PORT`); the peer's
@@ -247,6 +250,9 @@ pub struct ServerConfig {
     /// Bytes of one member of a container.
     #[serde(deserialize_with = "de_size")]
     pub max_member_size: u64,
+    /// A container may unpack at most this many times its own size (above 1 MiB); 0 = no
+    /// ratio limit.
+    pub max_ratio: u32,
     /// A limit hit is the detection `Heuristics.Limits.Exceeded` (ClamAV's AlertExceedsMax)
     /// instead of unscanned (which the group's `on_unscanned` decides).
     pub alert_exceeds_max: bool,
@@ -261,6 +267,7 @@ impl Default for ServerConfig {
             listen: PathBuf::from(DEFAULT_SOCKET),
             user: None,
             seccomp: true,
+            landlock: true,
             vm_socket_dir: None,
             vsock_port: None,
             metrics: "127.0.0.1:9310".into(),
@@ -291,6 +298,7 @@ impl Default for ServerConfig {
             max_files: 10_000,
             max_scan_size: 400 << 20,
             max_member_size: 100 << 20,
+            max_ratio: 1000,
             alert_exceeds_max: false,
         }
     }
@@ -335,6 +343,9 @@ pub struct ClamdConfig {
     pub max_connections: usize,
     /// The VM name its scans are accounted under (policies of its group, audit, metrics).
     pub vm: String,
+    /// What `SCAN`, `CONTSCAN`, `MULTISCAN` and `ALLMATCHSCAN` may read when Landlock
+    /// confines the daemon (`[server] landlock`); other paths get "Permission denied".
+    pub scan_paths: Vec<PathBuf>,
 }
 
 impl Default for ClamdConfig {
@@ -348,6 +359,7 @@ impl Default for ClamdConfig {
             read_timeout_ms: 30_000,
             max_connections: 64,
             vm: "clamd".into(),
+            scan_paths: vec![PathBuf::from("/")],
         }
     }
 }

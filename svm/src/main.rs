@@ -111,6 +111,10 @@ struct ScanArgs {
     /// Bytes of one member of a container.
     #[arg(long, value_name = "SIZE", default_value = "100M", value_parser = svm::size::parse_size)]
     max_membersize: u64,
+    /// A container may unpack at most N times its own size (above 1 MiB); 0 = no ratio
+    /// limit. Stops decompression bombs early.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_ratio: u32,
     /// Report a file a limit stopped as Heuristics.Limits.Exceeded FOUND, not unscanned.
     #[arg(long)]
     alert_exceeds_max: bool,
@@ -331,6 +335,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         max_files: a.max_files,
                         max_total: a.max_scansize,
                         max_member: a.max_membersize,
+                        max_ratio: a.max_ratio,
                         alert_exceeds_max: a.alert_exceeds_max,
                     },
                 },

@@ -107,3 +107,59 @@ fn scanner_threads_run_under_a_seccomp_filter_and_still_scan() {
     let log = d.stderr.lock().unwrap().clone();
     assert!(!log.contains("WITHOUT a seccomp filter"), "{log}");
 }
+
+/// One clamd command (`zCOMMAND\0`): the reply.
+fn clamd_cmd(sock: &std::path::Path, cmd: &str) -> String {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(format!("z{cmd}\0").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn landlock_confines_the_daemon_to_the_paths_its_config_names() {
+    // Three places: the daemon's own directory (config, sockets, audit log), a directory
+    // clamd may scan, and one it may not.
+    let allowed = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let clamd = sock_dir.path().join("clamd.sock");
+    for d in [allowed.path(), other.path()] {
+        std::fs::write(d.join("eicar.com"), EICAR).unwrap();
+    }
+    let config = |landlock: bool| {
+        format!(
+            "[server]\nlandlock = {landlock}\n[clamd]\nsocket = \"{}\"\nscan_paths = [\"{}\"]\n",
+            clamd.display(),
+            allowed.path().display()
+        )
+    };
+    let scan = |d: &tempfile::TempDir| {
+        clamd_cmd(
+            &clamd,
+            &format!("SCAN {}", d.path().join("eicar.com").display()),
+        )
+    };
+    let d = Daemon::start(&config(true), &[]);
+    let log = d.stderr.lock().unwrap().clone();
+    assert!(log.contains("landlock: enforced"), "{log}");
+    assert!(scan(&allowed).ends_with("Eicar-Test-Signature FOUND\0"));
+    let denied = scan(&other);
+    assert!(
+        denied.contains("Permission denied") && denied.ends_with("ERROR\0"),
+        "{denied}"
+    );
+    // Streams need no path, and the daemon's own files stay usable.
+    assert_eq!(
+        instream(&clamd, EICAR),
+        b"stream: Eicar-Test-Signature FOUND\0"
+    );
+    d.wait_audit(&["Eicar-Test-Signature"], 10);
+    drop(d);
+    // The same file is read once Landlock is off: the denial above was Landlock's.
+    let d = Daemon::start(&config(false), &[]);
+    let log = d.stderr.lock().unwrap().clone();
+    assert!(log.contains("landlock: off"), "{log}");
+    assert!(scan(&other).ends_with("Eicar-Test-Signature FOUND\0"));
+}

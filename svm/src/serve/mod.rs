@@ -9,6 +9,7 @@
 pub mod admin_tls;
 pub mod audit;
 pub mod clamd;
+pub mod confine;
 mod conn;
 pub mod fdpass;
 pub mod memwatch;
@@ -153,6 +154,8 @@ pub(crate) fn epoch_of(set: &SignatureSet) -> u64 {
 /// Run the daemon until SIGTERM/SIGINT; then drain in-flight events and return.
 pub fn run(opts: ServeOptions) -> Result<()> {
     let resolved = load_config(&opts)?;
+    // Before any thread exists, so that every thread inherits the ruleset.
+    confine::restrict(&opts, &resolved)?;
     let server = resolved.cfg.server.clone();
     let workers = match server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -1085,6 +1085,7 @@ fn worker(shared: &Arc<Shared>) {
                 max_files: server.max_files,
                 max_total: server.max_scan_size,
                 max_member: server.max_member_size,
+                max_ratio: server.max_ratio,
                 alert_exceeds_max: server.alert_exceeds_max,
             },
         });
