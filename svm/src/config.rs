@@ -202,6 +202,11 @@ pub struct ServerConfig {
     /// The most bytes one VM may have buffered or spooled at once.
     #[serde(deserialize_with = "de_size")]
     pub per_vm_spool_cap: u64,
+    /// The most scans one VM may have queued, over all its connections; more get the
+    /// group's `on_error` verdict at once.
+    pub max_queued_per_vm: usize,
+    /// The most connections one VM may hold open at once.
+    pub max_connections_per_vm: usize,
     /// Largest frame payload accepted.
     #[serde(deserialize_with = "de_size")]
     pub max_payload: u64,
@@ -278,6 +283,8 @@ impl Default for ServerConfig {
             identity_cache_entries: 100_000,
             memory_threshold: 1 << 20,
             per_vm_spool_cap: 2 << 30,
+            max_queued_per_vm: 256,
+            max_connections_per_vm: 16,
             max_payload: u64::from(hypervisor_api::proto::DEFAULT_MAX_PAYLOAD),
             max_inline: 512 << 10,
             max_read_chunk: 512 << 10,

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub cache_delta_rescans: Counter,
     /// Clean verdicts evicted from the verdict cache (an agent may still hold them).
     pub cache_clean_evictions: Counter,
+    /// Scans refused because their VM had `max_queued_per_vm` queued.
+    pub queue_refused: Counter,
     /// Connections to the clamd-compatible listener.
     pub clamd_connections: Counter,
     /// Objects scanned for clamd clients (files, streams, descriptors).
@@ -168,6 +170,7 @@ impl Metrics {
             cache_revalidated: Counter::default(),
             cache_delta_rescans: Counter::default(),
             cache_clean_evictions: Counter::default(),
+            queue_refused: Counter::default(),
             clamd_connections: Counter::default(),
             clamd_requests: Counter::default(),
             clamd_refused: Counter::default(),
@@ -291,6 +294,11 @@ impl Metrics {
                 "cache_clean_evictions",
                 "Clean verdicts evicted from the verdict cache",
                 &m.cache_clean_evictions,
+            ),
+            (
+                "queue_refused",
+                "Scans refused because their VM had max_queued_per_vm queued",
+                &m.queue_refused,
             ),
             (
                 "cache_member_hits",

@@ -59,6 +59,42 @@ pub struct Shared {
     pub guest_log: audit::LogLimiter,
     /// Held while a signature update is checked and swapped in.
     pub update_lock: Mutex<()>,
+    /// Connections open per VM (`max_connections_per_vm`).
+    vm_conns: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One VM's place among its open connections, given back when dropped.
+struct VmConn {
+    conns: Arc<Mutex<HashMap<String, usize>>>,
+    vm: String,
+}
+
+impl VmConn {
+    /// Take a place for `vm`, unless it holds `max` connections already.
+    fn take(conns: &Arc<Mutex<HashMap<String, usize>>>, vm: &str, max: usize) -> Option<Self> {
+        let mut m = conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(vm.to_owned()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(VmConn {
+            conns: conns.clone(),
+            vm: vm.to_owned(),
+        })
+    }
+}
+
+impl Drop for VmConn {
+    fn drop(&mut self) {
+        let mut m = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.vm) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.vm);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -208,6 +244,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         next_session: AtomicU64::new(0),
         guest_log: audit::LogLimiter::new(20),
         update_lock: Mutex::new(()),
+        vm_conns: Arc::default(),
     });
     // Scanner threads start once the sockets are bound and privileges dropped (`serve`):
     // each confines itself with seccomp at start, and a confined thread could not follow a
@@ -504,8 +541,15 @@ impl Admit<'_> {
             tracing::warn!("{via} connection refused: {} connections open", self.max);
             return;
         };
-        let vm = match vm {
-            Ok(vm) => vm,
+        let per_vm = self.shared.config.load().cfg.server.max_connections_per_vm;
+        let place = vm.and_then(|vm| {
+            let place = VmConn::take(&self.shared.vm_conns, &vm, per_vm).ok_or_else(|| {
+                format!("VM {vm:?} has {per_vm} connections open (max_connections_per_vm)")
+            })?;
+            Ok((vm, place))
+        });
+        let (vm, place) = match place {
+            Ok(x) => x,
             Err(why) => {
                 self.shared
                     .metrics
@@ -522,6 +566,7 @@ impl Admit<'_> {
         tasks.spawn(async move {
             let (stream, fds) = wrap(stream);
             conn::serve_conn(shared, stream, vm, via, Some(hello), stop, fds).await;
+            drop(place);
             drop(permit);
         });
     }

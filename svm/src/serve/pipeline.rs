@@ -4,7 +4,7 @@
 
 use super::audit::{now_rfc3339, Record};
 use super::metrics::{EventLabels, FallbackLabels, VmLabels};
-use super::sched::Prio;
+use super::sched::{self, Prio};
 use super::Shared;
 use crate::config::{Fallback, Group, OnInfected};
 use hypervisor_api::proto::{
@@ -703,14 +703,25 @@ async fn obtain(
                 FileOp::Open => Prio::Open,
                 FileOp::CloseWrite => Prio::CloseWrite,
             };
-            match shared.sched.push(prio, ctx.vm.idx, job) {
+            let per_vm = shared.config.load().cfg.server.max_queued_per_vm;
+            match shared.sched.push(prio, ctx.vm.idx, job, per_vm) {
                 Ok(depth) => {
                     m.queue_depth.set(depth as i64);
                     m.scans_in_flight.inc();
                     flights.insert(key, rx.clone());
                     rx
                 }
-                Err(_) => {
+                Err((_, sched::Refused::Full)) => {
+                    m.queue_refused.inc();
+                    return Ok(Decided {
+                        outcome: Arc::new(Outcome::Error(format!(
+                            "the VM has {per_vm} scans queued already"
+                        ))),
+                        hash: Some(hash),
+                        cached: false,
+                    });
+                }
+                Err((_, sched::Refused::Closed)) => {
                     return Ok(Decided {
                         outcome: Arc::new(Outcome::Error("the SVM is shutting down".into())),
                         hash: Some(hash),

@@ -40,7 +40,18 @@ impl<J> Default for Class<J> {
 struct State<J> {
     classes: [Class<J>; CLASSES],
     depth: usize,
+    /// Jobs queued per VM, over all classes.
+    per_vm: HashMap<u32, usize>,
     closed: bool,
+}
+
+/// Why [`Scheduler::push`] gave a job back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The scheduler is closed (shutdown).
+    Closed,
+    /// The VM has its cap of jobs queued already.
+    Full,
 }
 
 /// A fair priority queue of jobs `J`, shared by producers and scanner threads.
@@ -56,6 +67,7 @@ impl<J> Default for Scheduler<J> {
             state: Mutex::new(State {
                 classes: Default::default(),
                 depth: 0,
+                per_vm: HashMap::new(),
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -68,15 +80,20 @@ impl<J> Scheduler<J> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queue a job of `vm` in class `prio`. Returns the queue depth after, or gives the job
-    /// back when the scheduler is closed.
-    pub fn push(&self, prio: Prio, vm: u32, job: J) -> Result<usize, J> {
+    /// Queue a job of `vm` in class `prio`, unless `vm` has `cap` jobs queued already.
+    /// Returns the queue depth after, or gives the job back with the reason.
+    pub fn push(&self, prio: Prio, vm: u32, job: J, cap: usize) -> Result<usize, (J, Refused)> {
         let mut s = self.lock();
         if s.closed {
-            return Err(job);
+            return Err((job, Refused::Closed));
         }
+        let queued = s.per_vm.entry(vm).or_default();
+        if *queued >= cap {
+            return Err((job, Refused::Full));
+        }
+        *queued += 1;
         let Some(class) = s.classes.get_mut(prio as usize) else {
-            return Err(job);
+            return Err((job, Refused::Closed));
         };
         let q = class.queues.entry(vm).or_default();
         if q.is_empty() {
@@ -97,15 +114,21 @@ impl<J> Scheduler<J> {
             if s.closed {
                 return None;
             }
-            if let Some(job) = Self::take(&mut s) {
+            if let Some((vm, job)) = Self::take(&mut s) {
                 s.depth -= 1;
+                if let Some(n) = s.per_vm.get_mut(&vm) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        s.per_vm.remove(&vm);
+                    }
+                }
                 return Some((job, s.depth));
             }
             s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    fn take(s: &mut State<J>) -> Option<J> {
+    fn take(s: &mut State<J>) -> Option<(u32, J)> {
         for class in s.classes.iter_mut() {
             while let Some(vm) = class.ring.pop_front() {
                 let Some(q) = class.queues.get_mut(&vm) else {
@@ -117,8 +140,8 @@ impl<J> Scheduler<J> {
                 } else {
                     class.ring.push_back(vm);
                 }
-                if job.is_some() {
-                    return job;
+                if let Some(job) = job {
+                    return Some((vm, job));
                 }
             }
         }
@@ -140,6 +163,7 @@ impl<J> Scheduler<J> {
             c.queues.clear();
         }
         s.depth = 0;
+        s.per_vm.clear();
         drop(s);
         self.ready.notify_all();
     }
@@ -154,12 +178,17 @@ mod tests {
         let s = Scheduler::default();
         // VM 1 floods open; VM 2 and 3 queue one each; an exec arrives last.
         for i in 0..5 {
-            s.push(Prio::Open, 1, format!("vm1-{i}")).unwrap();
+            s.push(Prio::Open, 1, format!("vm1-{i}"), usize::MAX)
+                .unwrap();
         }
-        s.push(Prio::Open, 2, "vm2-0".to_string()).unwrap();
-        s.push(Prio::CloseWrite, 3, "vm3-cw".to_string()).unwrap();
-        s.push(Prio::Open, 3, "vm3-0".to_string()).unwrap();
-        s.push(Prio::Exec, 1, "vm1-exec".to_string()).unwrap();
+        s.push(Prio::Open, 2, "vm2-0".to_string(), usize::MAX)
+            .unwrap();
+        s.push(Prio::CloseWrite, 3, "vm3-cw".to_string(), usize::MAX)
+            .unwrap();
+        s.push(Prio::Open, 3, "vm3-0".to_string(), usize::MAX)
+            .unwrap();
+        s.push(Prio::Exec, 1, "vm1-exec".to_string(), usize::MAX)
+            .unwrap();
         let order: Vec<String> = (0..9).map(|_| s.pop().unwrap().0).collect();
         assert_eq!(
             order,
@@ -178,6 +207,28 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         s.close();
         assert!(w.join().unwrap().is_none());
-        assert!(s.push(Prio::Open, 1, 7).is_err());
+        assert!(s.push(Prio::Open, 1, 7, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn a_vm_at_its_cap_is_refused_and_the_others_are_not() {
+        let s: Scheduler<u32> = Scheduler::default();
+        for i in 0..3 {
+            s.push(Prio::Open, 1, i, 3).unwrap();
+        }
+        // Over all classes: an exec of the same VM is refused too.
+        assert_eq!(
+            s.push(Prio::Exec, 1, 9, 3).map_err(|e| e.1),
+            Err(Refused::Full)
+        );
+        s.push(Prio::Open, 2, 20, 3).unwrap();
+        // A job taken frees a place.
+        assert!(s.pop().is_some());
+        s.push(Prio::Exec, 1, 9, 3).unwrap();
+        s.close();
+        assert_eq!(
+            s.push(Prio::Open, 2, 21, 3).map_err(|e| e.1),
+            Err(Refused::Closed)
+        );
     }
 }
