@@ -1,7 +1,7 @@
 //! The per-thread [`Scanner`].
 
 use crate::containers::{self, ArchiveLimits, Budget, Flow};
-use crate::verify::{verify, verify_anchored};
+use crate::verify::{verify, verify_anchored, Miss};
 use md5::Digest;
 use signatures::{HashIndex, HashKind, Offset, SignatureSet, Target};
 use std::fs::File;
@@ -183,6 +183,10 @@ pub struct Scanner<'s> {
     touched: Vec<u32>,
     hits: Vec<usize>,
     atom_buf: Vec<usize>,
+    /// Per (signature, segment) whose next gap is `*`: the first position from which the
+    /// rest of the signature could not be placed. Later hits of that segment are skipped,
+    /// so `a*b*c` over `ab` repeated costs one pass, not one per hit.
+    forward_miss: std::collections::HashMap<(u32, usize), usize>,
     buf: Vec<u8>,
     memory: bool,
     members: Option<std::sync::Arc<dyn MemberCache>>,
@@ -213,6 +217,7 @@ impl<'s> Scanner<'s> {
             touched: Vec::new(),
             hits: Vec::new(),
             atom_buf: Vec::new(),
+            forward_miss: std::collections::HashMap::new(),
             buf: Vec::new(),
             memory: false,
             members: None,
@@ -617,8 +622,25 @@ impl<'s> Scanner<'s> {
             let Some(pos) = at.checked_sub(r.off as usize) else {
                 continue;
             };
-            if let Some(start) = verify(sig, data, r.seg as usize, pos) {
-                self.record(r.sig, sig.name.as_str(), start, out);
+            let seg = r.seg as usize;
+            let open_ended = sig.pattern.gaps().get(seg).is_some_and(|g| g.max.is_none());
+            if open_ended
+                && self
+                    .forward_miss
+                    .get(&(r.sig, seg))
+                    .is_some_and(|&p| p <= pos)
+            {
+                continue;
+            }
+            match verify(sig, data, seg, pos) {
+                Ok(start) => self.record(r.sig, sig.name.as_str(), start, out),
+                Err(Miss::Forward) if open_ended => {
+                    self.forward_miss
+                        .entry((r.sig, seg))
+                        .and_modify(|p| *p = (*p).min(pos))
+                        .or_insert(pos);
+                }
+                Err(_) => {}
             }
         }
     }
@@ -650,6 +672,7 @@ impl<'s> Scanner<'s> {
     }
 
     fn reset_found(&mut self) {
+        self.forward_miss.clear();
         for sig in self.touched.drain(..) {
             if let Some(w) = self.found.get_mut((sig / 64) as usize) {
                 *w = 0;

@@ -6,20 +6,36 @@
 
 use signatures::{BodySig, Gap, Segment, Tok};
 
+/// Why [`verify`] found no match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Miss {
+    /// The segments after `seg_k` cannot be placed after it. When the gap right after
+    /// `seg_k` is unbounded (`*`), they cannot be placed after any later position of it
+    /// either: the positions left for them only shrink.
+    Forward,
+    /// Anything else.
+    Other,
+}
+
 /// Find where a match of `sig` starts, given that segment `seg_k` of its pattern is at
-/// `pos_k`. `None` if no placement of the other segments (and the offset rule) fits.
-pub(crate) fn verify(sig: &BodySig, data: &[u8], seg_k: usize, pos_k: usize) -> Option<usize> {
+/// `pos_k`. A miss if no placement of the other segments (and the offset rule) fits.
+pub(crate) fn verify(
+    sig: &BodySig,
+    data: &[u8],
+    seg_k: usize,
+    pos_k: usize,
+) -> Result<usize, Miss> {
     let segs = sig.pattern.segments();
     let gaps = sig.pattern.gaps();
-    let seg = segs.get(seg_k)?;
+    let seg = segs.get(seg_k).ok_or(Miss::Other)?;
     if !seg.matches_at(data, pos_k) {
-        return None;
+        return Err(Miss::Other);
     }
     if !forward(segs, gaps, data, seg_k, pos_k + seg.len()) {
-        return None;
+        return Err(Miss::Forward);
     }
-    let (lo, hi) = sig.offset.start_range(data.len())?;
-    backward(segs, gaps, data, seg_k, pos_k, lo, hi)
+    let (lo, hi) = sig.offset.start_range(data.len()).ok_or(Miss::Other)?;
+    backward(segs, gaps, data, seg_k, pos_k, lo, hi).ok_or(Miss::Other)
 }
 
 /// Check a signature whose start is pinned to `lo..=hi` (anchored offsets).

@@ -428,6 +428,24 @@ fn signature() -> impl Strategy<Value = String> {
         })
 }
 
+#[test]
+fn an_open_ended_gap_that_never_completes_is_searched_once_not_per_hit() {
+    // Each of the 1M hits of `aaaaaaaa` would search the rest of 16 MiB for `cd`: minutes.
+    // The first miss stands for every later hit of that segment.
+    let set = ndb("Escape.Wildcard:0:*:6161616161616161*6262626262626262*6364");
+    let data = b"aaaaaaaabbbbbbbb".repeat(1 << 20);
+    let mut s = Scanner::new(&set);
+    s.set_limits(Limits {
+        max_scan_time: Duration::from_secs(30),
+        ..Limits::default()
+    });
+    assert!(matches!(s.scan_bytes(&data), ScanResult::Clean));
+    // And a match after such a miss is still found (the miss is per segment position).
+    let mut hit_data = data.clone();
+    hit_data.extend_from_slice(b"cd");
+    assert_eq!(names(&s.scan_bytes(&hit_data)), ["Escape.Wildcard"]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
 
