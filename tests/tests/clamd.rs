@@ -362,3 +362,33 @@ fn streams_count_against_the_spool_cap_of_the_clamd_vm() {
         b"stream: OK\0"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_its_replies_loses_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("clamd.sock");
+    // One connection at a time: the deaf client holds the only one.
+    let _d = Daemon::start(
+        &format!(
+            "[clamd]\nsocket = \"{}\"\nmax_connections = 1\nread_timeout_ms = 500\n",
+            sock.display()
+        ),
+        &[],
+    );
+    let mut deaf = UnixStream::connect(&sock).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    // A session of VERSION commands whose replies are never read: they fill both socket
+    // buffers, and the daemon's next reply cannot be written.
+    let _ = deaf.write_all(b"zIDSESSION\0");
+    let burst = b"zVERSION\0".repeat(4096);
+    for _ in 0..64 {
+        if deaf.write_all(&burst).is_err() {
+            break;
+        }
+    }
+    // The next client is served once the deaf one is dropped (after the read timeout), not
+    // never: `raw` gives up after 10 s.
+    assert_eq!(raw(&sock, b"zPING\0"), b"PONG\0");
+    drop(deaf);
+}

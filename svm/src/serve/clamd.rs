@@ -314,8 +314,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut out = Vec::with_capacity(text.len() + 1);
         out.extend_from_slice(text.as_bytes());
         out.push(delim.byte());
-        self.io.write_all(&out).await.map_err(|_| End::Close)?;
-        self.io.flush().await.map_err(|_| End::Close)
+        // A client that stops reading its replies must not hold its connection for ever:
+        // the reply goes through within the read timeout, or the connection ends.
+        let limit = self.timeout;
+        let write = async {
+            self.io.write_all(&out).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Close),
+        }
     }
 
     /// `INSTREAM`: length-prefixed chunks up to a zero length, capped at `max_stream`.
