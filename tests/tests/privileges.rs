@@ -156,6 +156,22 @@ fn landlock_confines_the_daemon_to_the_paths_its_config_names() {
         b"stream: Eicar-Test-Signature FOUND\0"
     );
     d.wait_audit(&["Eicar-Test-Signature"], 10);
+    // A reload that names a new directory says it is out of reach until a restart.
+    let state = other.path().join("state");
+    std::fs::write(
+        d.dir.path().join("svm.toml"),
+        format!(
+            "{}[update]\nstate_dir = \"{}\"\n",
+            config(true),
+            state.display()
+        ),
+    )
+    .unwrap();
+    d.signal("HUP");
+    svm_tests::wait_until("the reload's Landlock warning", 10, || {
+        let log = d.stderr.lock().unwrap().clone();
+        log.contains("unreachable until a restart") && log.contains(&*state.to_string_lossy())
+    });
     drop(d);
     // The same file is read once Landlock is off: the denial above was Landlock's.
     let d = Daemon::start(&config(false), &[]);

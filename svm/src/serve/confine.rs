@@ -58,14 +58,16 @@ const NAME_SERVICE: &[&str] = &[
     "/etc/localtime",
 ];
 
-/// Every path the daemon needs after start-up, with what it needs there. Directories that
-/// must exist for a rule (state, sockets, forensics) are created here.
-fn plan(opts: &ServeOptions, r: &Resolved) -> Result<Vec<(PathBuf, Grant)>> {
+/// Every path the daemon needs after start-up, with what it needs there. With `create`,
+/// directories that must exist for a rule (state, sockets, forensics) are created.
+fn plan(opts: &ServeOptions, r: &Resolved, create: bool) -> Result<Vec<(PathBuf, Grant)>> {
     let cfg = &r.cfg;
     let mut out: Vec<(PathBuf, Grant)> = Vec::new();
     let mut write_dir = |dir: &Path, what: &str| -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {what} directory {}", dir.display()))?;
+        if create {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {what} directory {}", dir.display()))?;
+        }
         out.push((dir.to_path_buf(), Grant::Write));
         Ok(())
     };
@@ -142,7 +144,7 @@ pub fn restrict(opts: &ServeOptions, r: &Resolved) -> Result<String> {
             "landlock: {threads} threads exist already; the ruleset would not cover them"
         );
     }
-    let rules = plan(opts, r)?;
+    let rules = plan(opts, r, true)?;
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI_TESTED))
         .context("landlock ruleset")?
@@ -177,4 +179,21 @@ pub fn restrict(opts: &ServeOptions, r: &Resolved) -> Result<String> {
     };
     eprintln!("{line}");
     Ok(line)
+}
+
+/// The paths `new` needs that `old`'s ruleset does not cover (for a reload's warning).
+pub fn added_paths(opts: &ServeOptions, old: &Resolved, new: &Resolved) -> Vec<String> {
+    let covered = |p: &Path, g: Grant, rules: &[(PathBuf, Grant)]| {
+        rules
+            .iter()
+            .any(|(r, rg)| p.starts_with(r) && (*rg == Grant::Write || g == Grant::Read))
+    };
+    let (Ok(before), Ok(after)) = (plan(opts, old, false), plan(opts, new, false)) else {
+        return Vec::new();
+    };
+    after
+        .into_iter()
+        .filter(|(p, g)| !covered(p, *g, &before))
+        .map(|(p, _)| p.display().to_string())
+        .collect()
 }

@@ -619,6 +619,16 @@ fn reload(shared: &Shared, opts: &ServeOptions) {
                     "config reload: a new listen path needs a restart; keeping the old socket"
                 );
             }
+            if old.cfg.server.landlock {
+                let added = confine::added_paths(opts, &old, &new);
+                if !added.is_empty() {
+                    tracing::warn!(
+                        "config reload: Landlock confines the daemon to the paths it started \
+                         with; these new ones are unreachable until a restart: {}",
+                        added.join(", ")
+                    );
+                }
+            }
             shared.config.store(Arc::new(new));
             eprintln!("svm serve: configuration reloaded");
         }
