@@ -173,8 +173,9 @@ pub fn restrict(opts: &ServeOptions, r: &Resolved) -> Result<String> {
              v5): file access is confined to {} configured paths for the rights it knows",
             rules.len()
         ),
-        RulesetStatus::NotEnforced => "svm serve: landlock: not supported by this kernel (or \
-                                       disabled at boot): file access is not confined"
+        RulesetStatus::NotEnforced => "svm serve: landlock: not available (a kernel without it, \
+                                       disabled at boot, or its system calls filtered): file \
+                                       access is not confined"
             .to_string(),
     };
     eprintln!("{line}");
