@@ -1,7 +1,7 @@
 //! The per-thread [`Scanner`].
 
 use crate::containers::{self, ArchiveLimits, Budget, Flow};
-use crate::verify::{verify, verify_anchored, Miss};
+use crate::verify::{is_open, verify, verify_anchored, verify_open, Miss};
 use md5::Digest;
 use signatures::{HashIndex, HashKind, Offset, SignatureSet, Target};
 use std::fs::File;
@@ -185,7 +185,8 @@ pub struct Scanner<'s> {
     atom_buf: Vec<usize>,
     /// Per (signature, segment) whose next gap is `*`: the first position from which the
     /// rest of the signature could not be placed. Later hits of that segment are skipped,
-    /// so `a*b*c` over `ab` repeated costs one pass, not one per hit.
+    /// so `a*b*c` over `ab` repeated costs one pass, not one per hit. `(signature,
+    /// usize::MAX)`: an open signature already decided for this object.
     forward_miss: std::collections::HashMap<(u32, usize), usize>,
     buf: Vec<u8>,
     memory: bool,
@@ -617,6 +618,15 @@ impl<'s> Scanner<'s> {
                 continue;
             };
             if !target_ok(sig.target) || (self.memory && sig.offset != Offset::Any) {
+                continue;
+            }
+            if is_open(sig) {
+                // Decided for the whole object at its first hit: found, or never.
+                if self.forward_miss.insert((r.sig, usize::MAX), 0).is_none() {
+                    if let Some(start) = verify_open(sig, data) {
+                        self.record(r.sig, sig.name.as_str(), start, out);
+                    }
+                }
                 continue;
             }
             let Some(pos) = at.checked_sub(r.off as usize) else {

@@ -38,6 +38,30 @@ pub(crate) fn verify(
     backward(segs, gaps, data, seg_k, pos_k, lo, hi).ok_or(Miss::Other)
 }
 
+/// Whether every gap of `sig` is open-ended (`*`, `{n-}`) and it may start anywhere: then
+/// [`verify_open`] decides it for a whole object in one pass.
+pub(crate) fn is_open(sig: &BodySig) -> bool {
+    sig.offset == signatures::Offset::Any && sig.pattern.gaps().iter().all(|g| g.max.is_none())
+}
+
+/// Where the first match of an [`is_open`] signature in `data` starts. Each segment is placed
+/// at its first occurrence after the previous one's end (plus the gap's minimum): an earlier
+/// end leaves every later choice open, so this finds a match whenever there is one, and
+/// starts it at the first occurrence of the first segment, the earliest any match can start.
+pub(crate) fn verify_open(sig: &BodySig, data: &[u8]) -> Option<usize> {
+    let segs = sig.pattern.segments();
+    let gaps = sig.pattern.gaps();
+    let first = find_seg(segs.first()?, data, 0, data.len())?;
+    let mut end = first + segs.first()?.len();
+    for (i, seg) in segs.iter().enumerate().skip(1) {
+        let gap = gaps.get(i - 1)?;
+        let from = end.checked_add(gap.min as usize)?;
+        let at = find_seg(seg, data, from, data.len())?;
+        end = at + seg.len();
+    }
+    Some(first)
+}
+
 /// Check a signature whose start is pinned to `lo..=hi` (anchored offsets).
 pub(crate) fn verify_anchored(sig: &BodySig, data: &[u8]) -> Option<usize> {
     let (lo, hi) = sig.offset.start_range(data.len())?;

@@ -444,6 +444,20 @@ fn an_open_ended_gap_that_never_completes_is_searched_once_not_per_hit() {
     let mut hit_data = data.clone();
     hit_data.extend_from_slice(b"cd");
     assert_eq!(names(&s.scan_bytes(&hit_data)), ["Escape.Wildcard"]);
+    // The mirror image searches backwards from every hit; with only open gaps it is decided
+    // in one forward pass.
+    let set = ndb("Escape.Mirror:0:*:6364*6161616161616161*6262626262626262");
+    let mut s = Scanner::new(&set);
+    s.set_limits(Limits {
+        max_scan_time: Duration::from_secs(30),
+        ..Limits::default()
+    });
+    assert!(matches!(s.scan_bytes(&data), ScanResult::Clean));
+    let mut hit_data = b"cd".to_vec();
+    hit_data.extend_from_slice(&data);
+    let r = s.scan_bytes(&hit_data);
+    assert_eq!(names(&r), ["Escape.Mirror"]);
+    assert_eq!(offsets(&r), [Some(0)]);
 }
 
 proptest! {
