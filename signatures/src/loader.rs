@@ -439,7 +439,13 @@ impl Loader {
             return Ok(());
         }
         self.digest.update(&text);
-        let compiler = self.yara.get_or_insert_with(yara_x::Compiler::new);
+        let compiler = self.yara.get_or_insert_with(|| {
+            let mut c = yara_x::Compiler::new();
+            // Rules are hostile input (bundles, mirrors): an `include` would read any file
+            // the daemon can, at compile time. Every rule file must stand alone.
+            c.enable_includes(false);
+            c
+        });
         let before = compiler.errors().len();
         let src = yara_x::SourceCode::from(text.as_slice()).with_origin(source);
         let _ = compiler.add_source(src);

@@ -485,6 +485,24 @@ fn yara_rules_load_and_errors_have_positions() {
     assert!(e.column > 1);
 }
 
+#[test]
+fn a_yara_include_is_refused_not_followed() {
+    // A rule file from a bundle must not make the daemon read other files.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.yar");
+    std::fs::write(&other, "rule Other { condition: true }\n").unwrap();
+    let e = one_error(
+        "r.yar",
+        format!(
+            "include \"{}\"\nrule A {{ condition: true }}\n",
+            other.display()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(e.code, ErrorCode::Yara);
+    assert!(e.reason.contains("include"), "{}", e.reason);
+}
+
 // ---------------------------------------------------------------- files and directories
 
 #[test]
